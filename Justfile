@@ -1,0 +1,28 @@
+# pipe: `just all` runs the pipeline for one category; every step is its own recipe.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
+category := env_var_or_default("CATEGORY", "bottle")
+
+# list the recipes
+default:
+    @just --list
+
+# the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in
+all: stats
+
+# dataset card (falls back to the synthetic stand-in when no real data is present)
+stats *ARGS:
+    pipe stats {{category}} --fallback-synthetic {{ARGS}}
+
+# generate the synthetic stand-in under datasets/synthetic
+synth *ARGS:
+    pipe synth {{category}} {{ARGS}}
+
+# the test suite (what CI runs)
+test *ARGS:
+    python -m pytest -q {{ARGS}}
+
+# the real-data checks, against the genuine MVTec AD (set MVTEC_ROOT, default ../shared/data/mvtec)
+test-real:
+    MVTEC_ROOT="${MVTEC_ROOT:-../shared/data/mvtec}" python -m pytest -q -m real_data

@@ -1,0 +1,180 @@
+"""The ``pipe`` command line. Each command is a thin shell over a module that does the work.
+
+Every command takes the same configuration options (``--config``, ``--profile``, ``--set``), so any
+value in ``configs/default.yaml`` can be changed for one run without editing a file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.console import console, info
+from pipeline.errors import PipeError
+
+app = typer.Typer(
+    name="pipe",
+    help="MVTec AD to a fine-tuned defect detector (YOLO-World) and segmenter (SAM), with a measured report.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+weights_app = typer.Typer(help="List and fetch pretrained weights (looked up in weights/ first).", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+Category = Annotated[str, typer.Argument(help="MVTec AD category, e.g. bottle, screw, zipper.")]
+ConfigFiles = Annotated[
+    Optional[list[Path]],
+    typer.Option("--config", "-c", help="Extra YAML layered over configs/default.yaml and configs/<category>.yaml "
+                                         "(repeatable; later files win)."),
+]
+Profile = Annotated[
+    Optional[str], typer.Option("--profile", "-p", help="A profile from configs/profiles/: tiny, cpu or full.")
+]
+Sets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override any config key for this run, e.g. --set synth.size=128 (repeatable)."),
+]
+Root = Annotated[
+    Optional[Path],
+    typer.Option("--root", help="MVTec AD root holding <category>/ (default: $MVTEC_ROOT, else datasets/mvtec)."),
+]
+Device = Annotated[
+    Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, or a GPU list 0,1.")
+]
+
+
+def _config(category: str, config: list[Path] | None, profile: str | None, sets: list[str] | None, **direct):
+    """Load the config with the direct options (--root, --device...) applied as the last overrides."""
+    from pipeline.config import load_config
+
+    keys = {"root": "data.root", "device": "device", "seed": "seed", "allow_random_init": "allow_random_init"}
+    extra = [f"{keys[k]}={json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in direct.items() if v is not None]
+    return load_config(category, profile, config or [], [*(sets or []), *extra])
+
+
+@app.command()
+def stats(
+    category: Category = "bottle",
+    root: Root = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for card.md and card.json (default: runs/<category>/stats).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON on stdout instead of Markdown.")] = False,
+    fallback_synthetic: Annotated[bool, typer.Option(help="If the category is not under the data root, generate and use the synthetic stand-in (loudly).")] = False,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Validate a category and write its dataset card: classes, counts per split, image size, mask statistics."""
+    from rich.markdown import Markdown
+
+    from pipeline.data.source import open_category
+    from pipeline.data.stats import card_markdown, dataset_card, write_card
+
+    cfg = _config(category, config, profile, set_, root=root)
+    cat = open_category(cfg, fallback_synthetic)
+    card = dataset_card(cat, cfg.classes)
+    md_path = write_card(card, out or Path(cfg.paths.runs) / category / "stats")[1]
+    if as_json:
+        sys.stdout.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    else:
+        console.print(Markdown(card_markdown(card)))
+    info(f"wrote {md_path} and {md_path.with_suffix('.json')}")
+
+
+@app.command()
+def synth(
+    category: Category = "bottle",
+    root: Annotated[Optional[Path], typer.Option(help="Where to write <category>/ (default: data.synthetic_root, datasets/synthetic).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Image side in pixels.")] = None,
+    train_good: Annotated[Optional[int], typer.Option(help="Number of train/good images.")] = None,
+    test_good: Annotated[Optional[int], typer.Option(help="Number of test/good images.")] = None,
+    per_defect: Annotated[Optional[int], typer.Option(help="Number of test images per defect class.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Generator seed; the same seed gives identical files.")] = None,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Generate a deterministic synthetic category in the exact MVTec AD layout (for tests and the embedded default)."""
+    from pipeline.data.synth import synthesize
+
+    cfg = _config(category, config, profile, set_)
+    s = cfg.synth
+    path = synthesize(
+        category, root or cfg.data.synthetic_root, size=size or s.size,
+        train_good=s.train_good if train_good is None else train_good,
+        test_good=s.test_good if test_good is None else test_good,
+        test_per_defect=per_defect or s.test_per_defect, seed=s.seed if seed is None else seed,
+    )
+    info(f"wrote synthetic {category} to {path} (use it with --root {path.parent})")
+
+
+@app.command()
+def download(
+    category: Category = "bottle",
+    root: Root = None,
+    from_: Annotated[Optional[Path], typer.Option("--from", help="Install from a local archive (.tar.xz/.zip) or an already-extracted folder (e.g. a Kaggle copy) instead of downloading.")] = None,
+    full: Annotated[bool, typer.Option(help="Fetch the full 4.9 GB MVTec AD archive (published SHA-256) and install this category from it.")] = False,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the archive, if you have one.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing category folder.")] = False,
+) -> None:
+    """Download MVTec AD (resumable, checksum-verified) or install a local copy under the data root."""
+    from pipeline.data.download import install
+    from pipeline.data.layout import resolve_root
+
+    path = install(category, resolve_root(root), source=from_, full=full, sha256=sha256, force=force)
+    info(f"{category} is ready at {path}")
+
+
+@weights_app.command("list")
+def weights_list(
+    weights_dir: Annotated[Path, typer.Option(help="Folder searched for weight files.")] = Path("weights"),
+) -> None:
+    """Show every model the registry knows, its file name, checksum and whether it is present locally."""
+    from rich.table import Table
+
+    from pipeline.weights import local_status
+
+    table = Table("name", "family", "file", "present", "published checksum")
+    for row in local_status(weights_dir):
+        table.add_row(row["name"], row["family"], row["file"], "yes" if row["present"] else "no", row["checksum"])
+    console.print(table)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    name: Annotated[str, typer.Argument(help="A registry name, e.g. yolov8s-worldv2, sam_vit_b, resnet50.")],
+    weights_dir: Annotated[Path, typer.Option(help="Folder to download into.")] = Path("weights"),
+) -> None:
+    """Download one model's official weights into weights/ and verify them."""
+    from pipeline.weights import resolve
+
+    r = resolve(name, weights_dir)
+    info(f"{r.spec.name}: {r.path} ({r.source}, sha256 {r.sha256})")
+
+
+@app.command()
+def env(device: Device = "auto") -> None:
+    """Print the device that --device resolves to and the versions every output records."""
+    from pipeline.device import environment, select_device
+
+    sys.stdout.write(json.dumps(environment(select_device(device or "auto")), indent=2) + "\n")
+
+
+def main() -> None:
+    try:
+        app()
+    except PipeError as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]: nothing half-written was left in place")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Configuration: YAML layers merged in one place and validated once.
+
+Defaults live only in ``configs/default.yaml``; the models below hold types and bounds, not values, so a
+default cannot drift between code and YAML. Layers, later wins:
+
+1. ``configs/default.yaml``
+2. ``configs/<category>.yaml`` (if present: class prompts and category specifics)
+3. ``configs/profiles/<profile>.yaml`` (``--profile``: cpu, full, tiny)
+4. ``--config FILE`` (any number)
+5. ``--set key.sub=value`` overrides from the command line (values parsed as YAML)
+
+Every error is one line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+CONFIG_DIR = Path(os.environ.get("PIPE_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|\d+(,\d+)*)$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PathsConfig(Section):
+    datasets: str = Field(description="where converted datasets and synthetic data are written")
+    runs: str = Field(description="where stage outputs (metrics, weights, reports) are written")
+    weights: str = Field(description="where pretrained weight files are looked up first")
+
+
+class DataConfig(Section):
+    root: str | None = Field(description="MVTec AD root; null: $MVTEC_ROOT, else datasets/mvtec")
+    synthetic_root: str = Field(description="where `pipe synth` writes its stand-in categories")
+    mask_threshold: int = Field(ge=1, le=255, description="non-binary masks are thresholded here")
+
+
+class SynthConfig(Section):
+    size: int = Field(ge=32, le=4096)
+    train_good: int = Field(ge=0)
+    test_good: int = Field(ge=0)
+    test_per_defect: int = Field(ge=1)
+    seed: int
+
+
+class Config(Section):
+    category: str
+    device: str
+    seed: int
+    allow_random_init: bool
+    paths: PathsConfig
+    data: DataConfig
+    synth: SynthConfig
+    classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or a GPU list like 0,1")
+        return v
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (check the path, or list configs/ for what exists)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "classes":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=1`` -> (["a", "b"], 1); values are parsed as YAML so numbers, booleans and lists work."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set synth.size=128")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _nested(keys: Sequence[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for key in reversed(keys):
+        out = {key: out}
+    return out
+
+
+def _has_key(layer: Mapping[str, Any], loc: Sequence[Any]) -> bool:
+    node: Any = layer
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_config(
+    category: str = "bottle",
+    profile: str | None = None,
+    files: Sequence[Path] = (),
+    overrides: Sequence[str] = (),
+) -> Config:
+    """Merge the layers for ``category`` and validate; raise ``ConfigError`` naming the file and key."""
+    layers: list[tuple[str, dict[str, Any]]] = [(str(CONFIG_DIR / "default.yaml"), _read_yaml(CONFIG_DIR / "default.yaml"))]
+    category_file = CONFIG_DIR / f"{category}.yaml"
+    if category_file.is_file():
+        layers.append((str(category_file), _read_yaml(category_file)))
+    if profile:
+        profile_file = CONFIG_DIR / "profiles" / f"{profile}.yaml"
+        if not profile_file.is_file():
+            known = sorted(p.stem for p in (CONFIG_DIR / "profiles").glob("*.yaml"))
+            raise ConfigError(f"{profile_file}: no such profile {profile!r} (known: {', '.join(known)})")
+        layers.append((str(profile_file), _read_yaml(profile_file)))
+    layers += [(str(f), _read_yaml(Path(f))) for f in files]
+    for item in overrides:
+        keys, value = parse_override(item)
+        layers.append((f"--set {item}", _nested(keys, value)))
+
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        merged = _merge(merged, layer)
+    merged["category"] = category
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [p for p in err["loc"]]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        source = next((name for name, layer in reversed(layers) if _has_key(layer, loc)), layers[0][0])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo? see configs/default.yaml for every key)"
+        elif err["type"] == "missing":
+            source = layers[0][0]
+            msg = "missing key (every key needs a default in configs/default.yaml)"
+        else:
+            got = err.get("input")
+            msg = f"{err['msg']} (got {got!r})"
+        raise ConfigError(f"{source}: {key}: {msg}") from None
+
+
+def dump(cfg: Config) -> dict[str, Any]:
+    """The resolved config, recorded in every output so a run can be reproduced."""
+    return cfg.model_dump(mode="json")

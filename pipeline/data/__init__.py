@@ -1,0 +1,1 @@
+"""The MVTec AD data layer: what a category looks like, how to validate it, and how to get one."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny synthetic bottle (generated once per session) and helpers to damage copies of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.data.synth import synthesize
+
+REAL_MVTEC_ROOT = str(Path(os.environ["MVTEC_ROOT"]).resolve()) if os.environ.get("MVTEC_ROOT") else None
+TINY = dict(size=64, train_good=6, test_good=2, test_per_defect=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A read-only-by-convention synthetic root holding bottle/ (copy it before changing anything)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    synthesize("bottle", root, **TINY)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_root, tmp_path) -> Path:
+    """A private copy of the tiny root that a test may damage."""
+    dst = tmp_path / "root"
+    shutil.copytree(tiny_root, dst)
+    return dst
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch, tmp_path):
+    """No test may read the developer's MVTEC_ROOT by accident or write into the repo's runs/."""
+    monkeypatch.delenv("MVTEC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def real_root() -> Path:
+    """The genuine MVTec AD root from $MVTEC_ROOT (absolute); tests using it skip without it."""
+    if not REAL_MVTEC_ROOT:
+        pytest.skip("set MVTEC_ROOT to the MVTec AD root to run the real-data checks")
+    return Path(REAL_MVTEC_ROOT).resolve()
