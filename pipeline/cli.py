@@ -87,6 +87,37 @@ def stats(
 
 
 @app.command()
+def convert(
+    category: Category = "bottle",
+    root: Root = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: datasets/<category>).")] = None,
+    preview: Annotated[Optional[int], typer.Option(help="Write this many overlays per defect class to <out>/preview/.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes (0: one per core for large categories).")] = None,
+    fallback_synthetic: Annotated[bool, typer.Option(help="If the category is not under the data root, generate and use the synthetic stand-in (loudly).")] = False,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Convert masks to YOLO boxes, YOLO polygons and COCO instances, with the shared splits.json."""
+    from pipeline.convert.instances import ConvertParams
+    from pipeline.convert.run import run_convert
+    from pipeline.data.source import open_category
+
+    cfg = _config(category, config, profile, set_, root=root)
+    c = cfg.convert
+    cat = open_category(cfg, fallback_synthetic)
+    params = ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou, c.yolo_seg_min_iou)
+    target = out or Path(cfg.paths.datasets) / category
+    report = run_convert(cat, target, params, c.split.model_dump(), cfg.seed, c.add_train_good, c.link,
+                         c.workers if workers is None else workers, c.preview if preview is None else preview)
+    f = report["fidelity"]
+    info(f"{f['instances']} instances in {sum(report['images_per_split'].values())} images "
+         f"({report['images_per_split']}); COCO IoU min {f['coco_iou_min']}, YOLO-seg IoU min "
+         f"{f['yolo_seg_iou_min']}, boxes exact: {f['yolo_boxes_exact']}; {report['timing_s']['total']} s")
+    info(f"wrote {target}/ (yolo-det, yolo-seg, coco, splits.json, convert_report.json)")
+
+
+@app.command()
 def synth(
     category: Category = "bottle",
     root: Annotated[Optional[Path], typer.Option(help="Where to write <category>/ (default: data.synthetic_root, datasets/synthetic).")] = None,

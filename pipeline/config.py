@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -53,6 +53,25 @@ class SynthConfig(Section):
     seed: int
 
 
+class SplitRatios(Section):
+    train: float = Field(gt=0)
+    val: float = Field(gt=0)
+    test: float = Field(gt=0)
+
+
+class ConvertConfig(Section):
+    split: SplitRatios
+    add_train_good: bool
+    merge_distance: int = Field(ge=0)
+    min_area: int = Field(ge=0)
+    simplify: float = Field(ge=0)
+    coco_min_iou: float = Field(ge=0, le=1)
+    yolo_seg_min_iou: float = Field(ge=0, le=1)
+    link: Literal["symlink", "hardlink", "copy"]
+    workers: int = Field(ge=0)
+    preview: int = Field(ge=0)
+
+
 class Config(Section):
     category: str
     device: str
@@ -61,6 +80,7 @@ class Config(Section):
     paths: PathsConfig
     data: DataConfig
     synth: SynthConfig
+    convert: ConvertConfig
     classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
 
     @field_validator("device")

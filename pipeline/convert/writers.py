@@ -1,0 +1,99 @@
+"""Writing the converted formats: ultralytics YOLO (boxes and polygons) and COCO instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.io import write_json, write_text
+
+
+def flat_name(rel: str) -> str:
+    """``test/broken_large/000.png`` -> ``test_broken_large_000.png``: unique within a category."""
+    return rel.replace("/", "_")
+
+
+def link(src: Path, dst: Path, mode: str = "symlink") -> str:
+    """Link ``dst`` to ``src`` (symlink, else hardlink, else copy); return what was done."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    order = {"symlink": ["symlink", "hardlink", "copy"], "hardlink": ["hardlink", "copy"], "copy": ["copy"]}[mode]
+    for how in order:
+        try:
+            if how == "symlink":
+                os.symlink(Path(src).resolve(), dst)
+            elif how == "hardlink":
+                os.link(src, dst)
+            else:
+                shutil.copy2(src, dst)
+            return how
+        except OSError:
+            continue
+    raise OSError(f"cannot link or copy {src} to {dst}")
+
+
+def yolo_labels(instances: list[dict[str, Any]], class_ids: dict[str, int], kind: str) -> str:
+    """One line per instance: ``cls cx cy w h`` (det) or ``cls x1 y1 x2 y2 ...`` (seg), normalised."""
+    lines = []
+    for inst in instances:
+        cls = class_ids[inst["class"]]
+        if kind == "det":
+            values = inst["yolo_box"]
+        else:
+            values = [v for point in inst["yolo_polygon"] for v in point]
+        lines.append(" ".join([str(cls), *(f"{v:.6f}" for v in values)]))
+    return "".join(line + "\n" for line in lines)
+
+
+def yolo_data_yaml(root: Path, defects: tuple[str, ...]) -> str:
+    """The ``data.yaml`` that ``yolo detect train data=...`` accepts as is (absolute path, named classes)."""
+    data = {"path": str(Path(root).resolve()), "train": "images/train", "val": "images/val", "test": "images/test",
+            "nc": len(defects), "names": dict(enumerate(defects))}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def coco_document(category: str, defects: tuple[str, ...], images: list[dict[str, Any]],
+                  annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "info": {"description": f"MVTec AD {category}, converted by pipe", "version": "1.0"},
+        "licenses": [{"id": 1, "name": "CC BY-NC-SA 4.0", "url": "https://creativecommons.org/licenses/by-nc-sa/4.0/"}],
+        "categories": [{"id": i + 1, "name": d, "supercategory": category} for i, d in enumerate(defects)],
+        "images": images,
+        "annotations": annotations,
+    }
+
+
+def write_yolo(root: Path, final_root: Path, split_members: dict[str, list[str]], sources: dict[str, Path],
+               instances: dict[str, list[dict[str, Any]]], defects: tuple[str, ...], kind: str, link_mode: str) -> None:
+    class_ids = {d: i for i, d in enumerate(defects)}
+    for split, rels in split_members.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for rel in rels:
+            name = flat_name(rel)
+            link(sources[rel], root / "images" / split / name, link_mode)
+            write_text(root / "labels" / split / (Path(name).stem + ".txt"), yolo_labels(instances[rel], class_ids, kind))
+    write_text(root / "data.yaml", yolo_data_yaml(final_root, defects))
+
+
+def write_coco(root: Path, category: str, split_members: dict[str, list[str]], sources: dict[str, Path],
+               sizes: dict[str, tuple[int, int]], instances: dict[str, list[dict[str, Any]]],
+               defects: tuple[str, ...], link_mode: str) -> None:
+    cat_ids = {d: i + 1 for i, d in enumerate(defects)}
+    for split, rels in split_members.items():
+        images, annotations = [], []
+        for image_id, rel in enumerate(rels, start=1):
+            name = flat_name(rel)
+            link(sources[rel], root / "images" / split / name, link_mode)
+            width, height = sizes[rel]
+            images.append({"id": image_id, "file_name": name, "width": width, "height": height, "source": rel})
+            for inst in instances[rel]:
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": cat_ids[inst["class"]],
+                    "bbox": inst["bbox"], "area": inst["area"], "segmentation": inst["segmentation"], "iscrowd": 0,
+                })
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        write_json(root / "annotations" / f"instances_{split}.json", coco_document(category, defects, images, annotations))
