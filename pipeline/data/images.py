@@ -23,15 +23,29 @@ class ImageInfo:
     channels: int
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def probe(path: Path) -> ImageInfo:
-    """Size and channel count of an image, after checking the whole file is intact."""
+    """Size and channel count of an image, after checking the whole file is intact.
+
+    The signature is checked before Pillow sees the file: once ultralytics is imported it patches
+    ``Image.open`` to try installing an HEIF plugin on unknown files, which must not happen here.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    if Path(path).suffix.lower() == ".png" and head != PNG_SIGNATURE:
+        raise DataError(f"{path}: unreadable or truncated image (not a PNG file); re-extract or re-download it")
     try:
         with Image.open(path) as im:
             info = ImageInfo(im.width, im.height, len(im.getbands()))
             im.verify()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc}); re-extract or re-download it") from None
     return info
 
