@@ -9,11 +9,19 @@ default:
     @just --list
 
 # the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in
-all: stats
+all: stats convert
 
 # dataset card (falls back to the synthetic stand-in when no real data is present)
 stats *ARGS:
     pipe stats {{category}} --fallback-synthetic {{ARGS}}
+
+# masks to YOLO boxes/polygons and COCO instances under datasets/<category>/, with splits.json
+convert *ARGS:
+    pipe convert {{category}} --fallback-synthetic --preview 2 {{ARGS}}
+
+# conversion speed vs ultralytics and the decode floor (prints a table, writes bench/results/)
+bench-convert:
+    MVTEC_ROOT="${MVTEC_ROOT:-../shared/data/mvtec}" python bench/convert.py --category {{category}}
 
 # generate the synthetic stand-in under datasets/synthetic
 synth *ARGS:

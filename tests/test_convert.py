@@ -125,6 +125,8 @@ def test_report_and_previews(converted):
     f = on_disk["fidelity"]
     assert f["passed"] and f["coco_iou_min"] >= 0.99 and f["yolo_seg_iou_min"] >= 0.95 and f["yolo_boxes_exact"]
     assert len(on_disk["instances"]) == f["instances"] > 0
+    assert on_disk["environment"]["device"] == "cpu" and "cuda" in on_disk["environment"]
+    assert on_disk["data"]["kind"] == "synthetic"
     assert sorted(p.parent.name for p in (out / "preview").rglob("*.png")) == sorted(DEFECTS)
 
 

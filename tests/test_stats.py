@@ -16,6 +16,7 @@ def test_card_counts_and_geometry(tiny_root, tmp_path):
     assert card["complete"] is False and card["found"]["test_defective"] == 9
     assert [c["name"] for c in card["classes"]] == ["good", "broken_large", "broken_small", "contamination"]
     assert card["classes"][1]["display"] == "large rim break"
+    assert card["environment"]["device"] == "cpu" and card["environment"]["torch"]
     # mask statistics equal an independent count of the mask pixels
     masks = [cat.read_mask(s) for s in cat.samples if s.label == "contamination"]
     assert card["masks"]["contamination"]["area_px"]["sum"] == sum(int(m.sum()) for m in masks)

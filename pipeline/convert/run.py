@@ -96,8 +96,11 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
     defects = cat.spec.defects
     per_class = {sp: {d: sum(len([i for i in instances[r] if i["class"] == d]) for r in rels) for d in defects}
                  for sp, rels in members.items()}
+    from pipeline.device import environment
+
     report = {
         "category": cat.name,
+        "environment": environment("cpu"),  # conversion runs on the CPU
         "data": cat.provenance,
         "params": {**asdict(params), "ratios": dict(ratios), "seed": seed, "add_train_good": add_train_good,
                    "link": link_mode},

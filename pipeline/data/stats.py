@@ -58,8 +58,11 @@ def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None) -> 
             everything.setdefault(k, []).extend(v)
     mask_stats["all"] = {k: _summary(v) for k, v in everything.items()}
 
+    from pipeline.device import environment
+
     return {
         "category": spec.name,
+        "environment": environment("cpu"),  # measured on the CPU; recorded like every output
         "kind": spec.kind,
         "data": cat.provenance,
         "classes": [{"name": c, "display": (prompts.get(c) or [c.replace("_", " ")])[0], "prompts": prompts.get(c, [])}

@@ -1,0 +1,107 @@
+"""Conversion speed on one core: pipe (all three formats, fidelity-checked) vs ultralytics' converter vs decode only.
+
+    python bench/convert.py --root ../shared/data/mvtec --category bottle
+
+Measured in one process, one run after another on the same masks, OpenCV limited to one thread:
+- floor: decoding every mask (cv2) and thresholding it, nothing else;
+- ultralytics: ``convert_segment_masks_to_yolo_seg`` on the same masks (class-indexed copies prepared
+  beforehand, untimed), which writes YOLO-seg polygons only and checks nothing;
+- pipe convert: instances, YOLO boxes and polygons, COCO polygons/RLE, fidelity IoUs, in memory;
+- pipe convert + write: the above plus writing yolo-det, yolo-seg, coco, splits and report to disk.
+Prints a table and writes JSON (best of --repeat runs for each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.convert.instances import ConvertParams  # noqa: E402
+from pipeline.convert.run import convert_all, run_convert  # noqa: E402
+from pipeline.data.images import binarize, read_mask_raw  # noqa: E402
+from pipeline.data.layout import load_category  # noqa: E402
+from pipeline.data.synth import synthesize  # noqa: E402
+
+
+def best_of(repeat: int, fn) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=os.environ.get("MVTEC_ROOT"), help="MVTec AD root (default $MVTEC_ROOT; "
+                    "without one a 900 px synthetic bottle is generated)")
+    ap.add_argument("--category", default="bottle")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/convert-<category>.json)")
+    args = ap.parse_args()
+
+    cv2.setNumThreads(1)
+    logging.getLogger("ultralytics").setLevel(logging.ERROR)
+    from ultralytics.data.converter import convert_segment_masks_to_yolo_seg
+
+    work = Path(tempfile.mkdtemp(prefix="bench-convert-"))
+    try:
+        if args.root:
+            root, data = Path(args.root), "real"
+        else:
+            root, data = work / "synthetic", "synthetic"
+            synthesize(args.category, root, size=900, train_good=20, test_good=20, test_per_defect=21)
+        cat = load_category(root, args.category)
+        masked = [s for s in cat.samples if s.mask is not None]
+        defects = cat.spec.defects
+        indexed = work / "indexed"
+        indexed.mkdir()
+        for s in masked:  # ultralytics wants one mask per image with pixel value = class index + 1
+            m = binarize(read_mask_raw(s.mask)).astype("uint8") * (defects.index(s.label) + 1)
+            cv2.imwrite(str(indexed / s.rel.replace("/", "_")), m)
+
+        params = ConvertParams()
+        ratios = {"train": 0.6, "val": 0.2, "test": 0.2}
+        rows = {
+            "decode only (floor)": best_of(args.repeat, lambda: [binarize(read_mask_raw(s.mask)) for s in masked]),
+            "ultralytics convert_segment_masks_to_yolo_seg": best_of(
+                args.repeat, lambda: convert_segment_masks_to_yolo_seg(str(indexed), str(work / "ul"), len(defects))),
+            "pipe convert (3 formats, checked, in memory)": best_of(args.repeat, lambda: convert_all(cat, params, workers=1)),
+            "pipe convert + write all formats": best_of(
+                args.repeat, lambda: run_convert(cat, work / "out" / args.category, params, ratios, 0, workers=1)),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    floor = rows["decode only (floor)"]
+    ul = rows["ultralytics convert_segment_masks_to_yolo_seg"]
+    print(f"\n{args.category} ({data}), {len(masked)} masks, one core, best of {args.repeat}\n")
+    print(f"| {'method':<48} | {'seconds':>8} | {'x floor':>7} | {'speed-up vs ultralytics':>23} |")
+    print(f"|{'-' * 50}|{'-' * 10}|{'-' * 9}|{'-' * 25}|")
+    for name, t in rows.items():
+        print(f"| {name:<48} | {t:8.3f} | {t / floor:7.2f} | {ul / t:23.2f} |")
+    result = {"category": args.category, "data": data, "masks": len(masked), "repeat": args.repeat,
+              "threads": 1, "cpu": platform.processor() or platform.machine(), "seconds": rows,
+              "ratio_to_floor": {k: v / floor for k, v in rows.items()},
+              "speedup_vs_ultralytics": {k: ul / v for k, v in rows.items()}}
+    out = args.json or Path(__file__).parent / "results" / f"convert-{args.category}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
