@@ -44,6 +44,9 @@ Root = Annotated[
     Optional[Path],
     typer.Option("--root", help="MVTec AD root holding <category>/ (default: $MVTEC_ROOT, else datasets/mvtec)."),
 ]
+FallbackSynthetic = Annotated[
+    bool, typer.Option(help="If the category is not under the data root, generate and use the synthetic stand-in (loudly).")
+]
 Device = Annotated[
     Optional[str], typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N, or a GPU list 0,1.")
 ]
@@ -58,13 +61,21 @@ def _config(category: str, config: list[Path] | None, profile: str | None, sets:
     return load_config(category, profile, config or [], [*(sets or []), *extra])
 
 
+def _open(category: str, config, profile, sets, root, fallback_synthetic: bool):
+    """The config and the validated category (real, or the synthetic stand-in when allowed)."""
+    from pipeline.data.source import open_category
+
+    cfg = _config(category, config, profile, sets, root=root)
+    return cfg, open_category(cfg, fallback_synthetic)
+
+
 @app.command()
 def stats(
     category: Category = "bottle",
     root: Root = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for card.md and card.json (default: runs/<category>/stats).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON on stdout instead of Markdown.")] = False,
-    fallback_synthetic: Annotated[bool, typer.Option(help="If the category is not under the data root, generate and use the synthetic stand-in (loudly).")] = False,
+    fallback_synthetic: FallbackSynthetic = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
@@ -72,11 +83,9 @@ def stats(
     """Validate a category and write its dataset card: classes, counts per split, image size, mask statistics."""
     from rich.markdown import Markdown
 
-    from pipeline.data.source import open_category
     from pipeline.data.stats import card_markdown, dataset_card, write_card
 
-    cfg = _config(category, config, profile, set_, root=root)
-    cat = open_category(cfg, fallback_synthetic)
+    cfg, cat = _open(category, config, profile, set_, root, fallback_synthetic)
     card = dataset_card(cat, cfg.classes)
     md_path = write_card(card, out or Path(cfg.paths.runs) / category / "stats")[1]
     if as_json:
@@ -93,7 +102,7 @@ def convert(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: datasets/<category>).")] = None,
     preview: Annotated[Optional[int], typer.Option(help="Write this many overlays per defect class to <out>/preview/.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (0: one per core for large categories).")] = None,
-    fallback_synthetic: Annotated[bool, typer.Option(help="If the category is not under the data root, generate and use the synthetic stand-in (loudly).")] = False,
+    fallback_synthetic: FallbackSynthetic = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
@@ -101,11 +110,9 @@ def convert(
     """Convert masks to YOLO boxes, YOLO polygons and COCO instances, with the shared splits.json."""
     from pipeline.convert.instances import ConvertParams
     from pipeline.convert.run import run_convert
-    from pipeline.data.source import open_category
 
-    cfg = _config(category, config, profile, set_, root=root)
+    cfg, cat = _open(category, config, profile, set_, root, fallback_synthetic)
     c = cfg.convert
-    cat = open_category(cfg, fallback_synthetic)
     params = ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou, c.yolo_seg_min_iou)
     target = out or Path(cfg.paths.datasets) / category
     report = run_convert(cat, target, params, c.split.model_dump(), cfg.seed, c.add_train_good, c.link,
