@@ -149,11 +149,7 @@ def _strip_rle(crop: np.ndarray, bbox: tuple[int, int, int, int], height: int, w
 
 def decode_coco(segmentation: Any, height: int, width: int) -> np.ndarray:
     """What pycocotools makes of an annotation, as a full-size boolean mask."""
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    else:
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(_rle(segmentation, height, width)).astype(bool)
 
 
 def _rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
@@ -174,13 +170,12 @@ def coco_fidelity(segmentation: Any, crop: np.ndarray, bbox: tuple[int, int, int
     if area == 0:
         return 0.0
     bx, by, bw, bh = (int(round(v)) for v in mask_utils.toBbox(rle))
-    if bx < x or by < y or bx + bw > x + w or by + bh > y + h:  # spills outside the instance's box
-        inside = decode_coco(segmentation, height, width)[y:y + h, x:x + w]
-    elif isinstance(segmentation, list):
+    within_box = bx >= x and by >= y and bx + bw <= x + w and by + bh <= y + h
+    if within_box and isinstance(segmentation, list):  # rasterise the polygon on the box only
         shifted = [(np.asarray(p).reshape(-1, 2) - (x, y)).ravel().tolist() for p in segmentation]
         inside = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(shifted, h, w))).astype(bool)
-    else:
-        inside = decode_coco(segmentation, height, width)[y:y + h, x:x + w]
+    else:  # RLE, or anything spilling outside the box: decode the full frame
+        inside = mask_utils.decode(rle).astype(bool)[y:y + h, x:x + w]
     inter = np.count_nonzero(inside & crop)
     return inter / (area + int(crop.sum()) - inter)
 
