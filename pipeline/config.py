@@ -72,6 +72,43 @@ class ConvertConfig(Section):
     preview: int = Field(ge=0)
 
 
+class YoloAugment(Section):
+    mosaic: float = Field(ge=0, le=1)
+    close_mosaic: int = Field(ge=0)
+    mixup: float = Field(ge=0, le=1)
+    degrees: float = Field(ge=0, le=180)
+    translate: float = Field(ge=0, le=1)
+    scale: float = Field(ge=0)
+    fliplr: float = Field(ge=0, le=1)
+    flipud: float = Field(ge=0, le=1)
+    hsv_h: float = Field(ge=0, le=1)
+    hsv_s: float = Field(ge=0, le=1)
+    hsv_v: float = Field(ge=0, le=1)
+
+
+class YoloConfig(Section):
+    model: Literal["yolov8s-worldv2", "yolov8m-worldv2", "yolov8l-worldv2", "yolov8x-worldv2"]
+    text_embeddings: str | None
+    epochs: int = Field(ge=1)
+    imgsz: int = Field(ge=32, multiple_of=32)
+    batch: int = Field(ge=1)
+    optimizer: Literal["SGD", "Adam", "AdamW", "auto"]
+    lr0: float = Field(gt=0)
+    lrf: float = Field(gt=0, le=1)
+    cos_lr: bool
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: float = Field(ge=0)
+    freeze: int = Field(ge=0, le=22)
+    patience: int = Field(ge=0)
+    amp: bool
+    workers: int = Field(ge=0)
+    augment: YoloAugment
+    conf: float = Field(ge=0, le=1)
+    eval_conf: float = Field(ge=0, le=1)
+    iou: float = Field(gt=0, le=1)
+    overlays: int = Field(ge=0)
+
+
 class Config(Section):
     category: str
     device: str
@@ -81,7 +118,16 @@ class Config(Section):
     data: DataConfig
     synth: SynthConfig
     convert: ConvertConfig
+    yolo: YoloConfig
     classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
+
+    @field_validator("classes")
+    @classmethod
+    def _prompts(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, phrases in v.items():
+            if not phrases or any(not p.strip() or "/" in p for p in phrases):
+                raise ValueError(f"{name}: give one or more non-empty phrases without '/' (ultralytics splits on it)")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -172,7 +218,7 @@ def load_config(
         merged = _merge(merged, layer)
     merged["category"] = category
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"]]
@@ -187,6 +233,22 @@ def load_config(
             got = err.get("input")
             msg = f"{err['msg']} (got {got!r})"
         raise ConfigError(f"{source}: {key}: {msg}") from None
+    _check_classes(cfg, layers)
+    return cfg
+
+
+def _check_classes(cfg: Config, layers: list[tuple[str, dict[str, Any]]]) -> None:
+    """A prompt for a class the category does not have is a typo that would silently never be used."""
+    from pipeline.data.categories import CATEGORIES
+
+    spec = CATEGORIES.get(cfg.category)
+    if spec is None:
+        return
+    for name in cfg.classes:
+        if name not in spec.defects:
+            source = next((n for n, layer in reversed(layers) if _has_key(layer, ["classes", name])), layers[0][0])
+            raise ConfigError(f"{source}: classes.{name}: {cfg.category} has no defect class {name!r} "
+                              f"(known: {', '.join(spec.defects)})")
 
 
 def dump(cfg: Config) -> dict[str, Any]:

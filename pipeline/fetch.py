@@ -47,6 +47,8 @@ def verify(path: Path, sha256: str | None = None, md5: str | None = None, sha256
 def fetch(url: str, dest: Path, sha256: str | None = None, md5: str | None = None,
           sha256_prefix: str | None = None, timeout: float = 20.0) -> str:
     """Download ``url`` to ``dest`` with resume and verification; return the file's sha256."""
+    if os.environ.get("PIPE_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        raise FetchError(f"{urlparse(url).netloc} not contacted (PIPE_OFFLINE is set)")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")

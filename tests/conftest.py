@@ -34,6 +34,7 @@ def tiny_copy(tiny_root, tmp_path) -> Path:
 def _isolate(monkeypatch, tmp_path):
     """No test may read the developer's MVTEC_ROOT by accident or write into the repo's runs/."""
     monkeypatch.delenv("MVTEC_ROOT", raising=False)
+    monkeypatch.setenv("PIPE_OFFLINE", "1")  # no test may wait on the network for a weight file
     monkeypatch.chdir(tmp_path)
 
 
@@ -43,3 +44,15 @@ def real_root() -> Path:
     if not REAL_MVTEC_ROOT:
         pytest.skip("set MVTEC_ROOT to the MVTec AD root to run the real-data checks")
     return Path(REAL_MVTEC_ROOT).resolve()
+
+
+@pytest.fixture(scope="session")
+def converted_dataset(tiny_root, tmp_path_factory) -> Path:
+    """``datasets/bottle`` as `pipe convert` writes it, from the tiny synthetic bottle (shared: do not modify)."""
+    from pipeline.convert.instances import ConvertParams
+    from pipeline.convert.run import run_convert
+    from pipeline.data.layout import load_category
+
+    out = tmp_path_factory.mktemp("converted") / "bottle"
+    run_convert(load_category(tiny_root, "bottle"), out, ConvertParams(), {"train": 0.4, "val": 0.3, "test": 0.3}, seed=0)
+    return out

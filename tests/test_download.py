@@ -57,6 +57,7 @@ def test_invalid_copy_is_not_installed(tiny_copy, tmp_path, fake_spec):
 
 
 def test_no_network_fails_fast_with_manual_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("PIPE_OFFLINE")  # this test is about the real network path failing fast
     monkeypatch.setitem(dl.CATEGORY_URLS, "bottle", "http://pipe-test.invalid/bottle.tar.xz")
     start = time.monotonic()
     with pytest.raises(DataError) as exc:
@@ -70,3 +71,11 @@ def test_no_network_fails_fast_with_manual_fix(tmp_path, monkeypatch):
 def test_missing_source(tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
         dl.install("bottle", tmp_path / "data", source=tmp_path / "nowhere.tar.xz")
+
+
+def test_offline_switch_never_contacts_the_host(tmp_path):
+    from pipeline.fetch import FetchError, fetch
+
+    with pytest.raises(FetchError, match="PIPE_OFFLINE"):
+        fetch("http://pipe-test.invalid/x.bin", tmp_path / "x.bin")
+    assert not (tmp_path / "x.bin.part").exists()

@@ -9,24 +9,21 @@ import cv2
 import numpy as np
 
 from pipeline.data.images import read_image
-
-PALETTE = [(60, 60, 255), (60, 200, 60), (255, 120, 40), (0, 210, 255), (200, 60, 200), (255, 255, 60)]
+from pipeline.viz import PALETTE, draw_box, thickness, to_bgr
 
 
 def draw(image: np.ndarray, instances: list[dict[str, Any]], defects: tuple[str, ...]) -> np.ndarray:
     """Boxes (thin) and YOLO-seg polygons (filled, translucent) per class, with the class name."""
-    img = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    img = to_bgr(image)
     h, w = img.shape[:2]
     overlay = img.copy()
-    thick = max(1, round(max(h, w) / 300))
+    thick = thickness(img)
     for inst in instances:
         colour = PALETTE[defects.index(inst["class"]) % len(PALETTE)]
         poly = np.round(np.asarray(inst["yolo_polygon"]) * (w, h)).astype(np.int32)
         cv2.fillPoly(overlay, [poly], colour)
         cv2.polylines(img, [poly], True, colour, thick)
-        x, y, bw, bh = inst["bbox"]
-        cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), colour, thick)
-        cv2.putText(img, inst["class"], (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)
+        draw_box(img, inst["bbox"], colour, inst["class"])
     return cv2.addWeighted(overlay, 0.35, img, 0.65, 0)
 
 

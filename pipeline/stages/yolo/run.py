@@ -1,0 +1,178 @@
+"""``pipe finetune yolo``: zero-shot baseline, fine-tuning with ultralytics' trainer, test-split evaluation.
+
+Phases, each timed: resolve the weights and the prompt embeddings; score the untouched model on the test
+split (the baseline); fine-tune on train with val for model selection (``PromptWorldTrainer``); score the
+best checkpoint on the same test split; write detections, overlays and ``metrics.json`` (last, atomically,
+so a metrics file always describes finished weights). ``resume=True`` continues ultralytics' ``last.pt``
+and reuses the baseline already measured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import Config
+from pipeline.console import info, loud
+from pipeline.data.categories import get_category
+from pipeline.device import select_device
+from pipeline.errors import DataError, PipeError
+from pipeline.fetch import file_digest
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.stages.common import Phases, stage_record
+from pipeline.stages.yolo import evaluate, model as world
+from pipeline.stages.yolo.data import DetData, prepare
+from pipeline.stages.yolo.prompts import TextEmbeddings, class_prompts, load_text_embeddings
+from pipeline.stages.yolo.trainer import PromptWorldTrainer, set_prompts
+from pipeline.weights import Resolved, resolve
+
+
+def ultralytics_device(spec: str, selected: str) -> str:
+    """A GPU list (``0,1``) goes to ultralytics as is, which then trains with DDP; anything else as selected."""
+    if "," in spec:
+        return spec
+    return selected.replace("cuda:", "") if selected.startswith("cuda") else selected
+
+
+def train_overrides(cfg: Config, det: DetData, weights: Resolved, out: Path, device: str) -> dict[str, Any]:
+    """Every knob of ``cfg.yolo`` as ultralytics trainer arguments: the one place they are mapped."""
+    y = cfg.yolo
+    return {
+        "model": world.source(weights), "pretrained": not weights.random_init, "data": str(det.data_yaml),
+        "epochs": y.epochs, "imgsz": y.imgsz, "batch": y.batch, "optimizer": y.optimizer, "lr0": y.lr0,
+        "lrf": y.lrf, "cos_lr": y.cos_lr, "weight_decay": y.weight_decay, "warmup_epochs": y.warmup_epochs,
+        "freeze": y.freeze or None, "patience": y.patience, "amp": y.amp, "workers": y.workers,
+        "seed": cfg.seed, "deterministic": True, "device": device, "project": str(Path(out).absolute()),
+        "name": "train", "exist_ok": True, "plots": False, "verbose": False, "val": True,
+        **y.augment.model_dump(),
+    }
+
+
+def _score(model: torch.nn.Module, feats: torch.Tensor, det: DetData, cfg: Config, device: str,
+           tag: str, out: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Test-split metrics (ultralytics and pycocotools) and the raw boxes for one model."""
+    y = cfg.yolo
+    set_prompts(model, feats, det.names)
+    metrics = evaluate.validate(model, det.data_yaml, det.names, y.imgsz, y.batch, y.eval_conf, y.iou, device)
+    boxes, latency = evaluate.predict(model, det.images["test"], y.imgsz, y.eval_conf, y.iou, device)
+    detections, coco = evaluate.score_detections(boxes, det.coco_test, det.names)
+    path = write_json(out / f"detections_test{tag}.json", detections)
+    metrics.update({"coco": coco, "latency_ms": round(latency, 3), "detections": str(path)})
+    info(f"{tag.strip('_') or 'fine-tuned'}: test mAP50 {metrics['map50']:.3f}, mAP50-95 {metrics['map50_95']:.3f} "
+         f"(pycocotools {coco['map50']:.3f} / {coco['map']:.3f})")
+    return metrics, boxes
+
+
+def _zero_shot_caveats(weights: Resolved, embeddings: TextEmbeddings) -> list[str]:
+    notes = []
+    if weights.random_init:
+        notes.append("the detector is randomly initialised (no pretrained YOLO-World weights): zero-shot numbers "
+                     "measure an untrained network")
+    if not embeddings.meaningful:
+        notes.append("class prompts use deterministic stand-in embeddings (no CLIP weights or cache): they carry "
+                     "no language, so zero-shot detection cannot work")
+    return notes
+
+
+def _train(overrides: dict[str, Any], train_dir: Path, resume: bool,
+           callbacks: dict[str, list[Callable]] | None) -> dict[str, Any]:
+    from ultralytics.utils.patches import torch_load
+
+    last = train_dir / "weights" / "last.pt"
+    resumed_from = None
+    if resume:
+        if not last.is_file():
+            raise PipeError(f"{last}: nothing to resume; run `pipe finetune yolo` without --resume")
+        epoch = torch_load(last, map_location="cpu", weights_only=False).get("epoch", -1)
+        if epoch == -1:
+            info(f"{last}: training had already finished; going on to evaluation")
+            return {"resumed_from_epoch": None, "finished_before": True}
+        resumed_from = epoch + 1
+        overrides = {**overrides, "resume": str(last)}
+    trainer = PromptWorldTrainer(overrides=overrides)
+    for event, fns in (callbacks or {}).items():
+        for fn in fns:
+            trainer.add_callback(event, fn)
+    trainer.train()
+    return {"resumed_from_epoch": resumed_from, "epochs_run": trainer.epoch + 1,
+            "best_fitness": None if trainer.best_fitness is None else round(float(trainer.best_fitness), 5),
+            "stopped_early": bool(getattr(trainer.stopper, "possible_stop", False))}
+
+
+def _install(src: Path, dst: Path) -> Path:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False,
+                      callbacks: dict[str, list[Callable]] | None = None) -> dict[str, Any]:
+    """Run the stage end to end and return what it wrote to ``out/metrics.json``."""
+    phases = Phases()
+    y = cfg.yolo
+    out = Path(out)
+    device = select_device(cfg.device)
+    record = stage_record("yolo", cfg, device, dataset_dir)  # fails first on a missing converted dataset
+    prompts = class_prompts(cfg.classes, get_category(cfg.category).defects)
+    with phases("setup"):
+        weights = resolve(y.model, cfg.paths.weights, cfg.allow_random_init)
+        embeddings = load_text_embeddings([p for ps in prompts.values() for p in ps], Path(cfg.paths.weights),
+                                          y.text_embeddings, cfg.allow_random_init, device)
+        det = prepare(dataset_dir, out, prompts, embeddings)
+        feats = embeddings.classes(prompts)
+    train_dir = out / "train"
+    if not resume:
+        shutil.rmtree(train_dir, ignore_errors=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
+
+    caveats = _zero_shot_caveats(weights, embeddings)
+    baseline_file = out / "zero_shot.json"
+    with phases("zero_shot"):
+        if resume and baseline_file.is_file():
+            zero_shot = read_json(baseline_file)
+        else:
+            base = world.load(world.source(weights), cfg.seed)
+            zero_shot, _ = _score(base, feats, det, cfg, device, "_zero_shot", out)
+            zero_shot.update({"meaningful": not caveats, "caveats": caveats})
+            write_json(baseline_file, zero_shot)
+    if caveats:
+        loud("Zero-shot baseline: " + "; ".join(caveats) + ".")
+
+    with phases("train"):
+        training = _train(train_overrides(cfg, det, weights, out, ultralytics_device(cfg.device, device)),
+                          train_dir, resume, callbacks)
+    best_src = train_dir / "weights" / "best.pt"
+    if not best_src.is_file():
+        raise DataError(f"{best_src}: training wrote no best checkpoint; see {train_dir} for ultralytics' log")
+    best = _install(best_src, out / "best.pt")
+
+    with phases("evaluate"):
+        tuned_model = world.load(best)
+        finetuned, boxes = _score(tuned_model, feats, det, cfg, device, "", out)
+        finetuned["from_pretrained"] = not weights.random_init
+        truth = evaluate.truth_boxes(det.coco_test)
+        with atomic_dir(out / "overlays") as tmp:
+            overlays = evaluate.write_overlays(tmp, boxes, {p.name: p for p in det.images["test"]}, truth,
+                                               det.names, y.conf, y.overlays)
+    metrics = {
+        **record,
+        "weights": weights.provenance,
+        "text_embeddings": embeddings.provenance,
+        "prompts": prompts,
+        "zero_shot": zero_shot,
+        "finetuned": finetuned,
+        "delta_map50": round(finetuned["map50"] - zero_shot["map50"], 5),
+        "train": {**training, "images": len(det.images["train"]), "val_images": len(det.images["val"]),
+                  "results_csv": str(train_dir / "results.csv")},
+        "best_weights": {"file": str(best), "sha256": file_digest(best)},
+        "overlays": [str(out / "overlays" / p.name) for p in overlays],
+        "timing_s": phases.record(),
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
