@@ -3,13 +3,15 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 
 category := env_var_or_default("CATEGORY", "bottle")
+# the training stages' profile: cpu (the embedded default: small images, few epochs, random init allowed)
+profile := env_var_or_default("PROFILE", "cpu")
 
 # list the recipes
 default:
     @just --list
 
 # the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in
-all: stats convert
+all: stats convert finetune-yolo
 
 # dataset card (falls back to the synthetic stand-in when no real data is present)
 stats *ARGS:
@@ -18,6 +20,14 @@ stats *ARGS:
 # masks to YOLO boxes/polygons and COCO instances under datasets/<category>/, with splits.json
 convert *ARGS:
     pipe convert {{category}} --fallback-synthetic --preview 2 {{ARGS}}
+
+# YOLO-World: zero-shot baseline, fine-tune, test mAP (runs/<category>/yolo/)
+finetune-yolo *ARGS:
+    pipe finetune yolo {{category}} --profile {{profile}} {{ARGS}}
+
+# YOLO-World training throughput and inference latency (prints a table, writes bench/results/)
+bench-yolo *ARGS:
+    python bench/yolo.py --category {{category}} {{ARGS}}
 
 # conversion speed vs ultralytics and the decode floor (prints a table, writes bench/results/)
 bench-convert:

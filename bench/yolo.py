@@ -1,0 +1,117 @@
+"""YOLO-World stage speed: training images per second and per-image inference latency.
+
+    python bench/yolo.py --root ../shared/data/mvtec --category bottle            # default config
+    python bench/yolo.py --profile cpu --epochs 3                                  # a CPU-sized check
+
+Runs the real stage (``run_finetune_yolo``: zero-shot baseline, ultralytics training, test evaluation) on a
+converted copy of the category, with callbacks timing every training epoch. Training throughput is the
+number of train images over the epoch wall time, from the steady-state epochs (the first is reported
+apart: it pays for data caching and cuDNN autotuning). Inference latency is ultralytics' per-image
+inference time on the test images, plus our own wall time of the whole predict call per image. Without
+a data root, a synthetic bottle is generated. Prints a table and writes JSON with the device name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.convert.instances import ConvertParams  # noqa: E402
+from pipeline.convert.run import run_convert  # noqa: E402
+from pipeline.data.layout import load_category  # noqa: E402
+from pipeline.data.synth import synthesize  # noqa: E402
+from pipeline.device import environment, select_device  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+from pipeline.stages.yolo.run import run_finetune_yolo  # noqa: E402
+
+
+class EpochClock:
+    """Ultralytics callbacks that record each training epoch's wall time (validation excluded)."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.seconds: list[float] = []
+
+    def begin(self, trainer) -> None:
+        self.start = time.perf_counter()
+
+    def end(self, trainer) -> None:
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=os.environ.get("MVTEC_ROOT"), help="MVTec AD root (default $MVTEC_ROOT; "
+                    "without one a synthetic bottle is generated)")
+    ap.add_argument("--category", default="bottle")
+    ap.add_argument("--profile", default=None, help="config profile (tiny, cpu, full); default: configs as they are")
+    ap.add_argument("--epochs", type=int, default=None, help="override yolo.epochs (default: the config's)")
+    ap.add_argument("--set", action="append", default=[], help="any config override, e.g. yolo.batch=32")
+    ap.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/yolo-<device>.json)")
+    args = ap.parse_args()
+
+    overrides = [*args.set, "allow_random_init=true"] + ([f"yolo.epochs={args.epochs}"] if args.epochs else [])
+    cfg = load_config(args.category, args.profile, overrides=overrides)
+    work = Path(tempfile.mkdtemp(prefix="bench-yolo-"))
+    root = Path(args.root) if args.root else None
+    if root is None:
+        s = cfg.synth
+        root = synthesize(args.category, work / "synthetic", s.size, s.train_good, s.test_good, s.test_per_defect,
+                          s.seed).parent
+    cat = load_category(root, args.category)
+    c = cfg.convert
+    dataset = work / "datasets" / args.category
+    run_convert(cat, dataset, ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou,
+                                            c.yolo_seg_min_iou), c.split.model_dump(), cfg.seed, c.add_train_good)
+
+    clock = EpochClock()
+    t0 = time.perf_counter()
+    m = run_finetune_yolo(cfg, dataset, work / "runs" / "yolo",
+                          callbacks={"on_train_epoch_start": [clock.begin], "on_train_epoch_end": [clock.end]})
+    wall = time.perf_counter() - t0
+    n_train = m["train"]["images"]
+    steady = clock.seconds[1:] or clock.seconds
+    device = select_device(cfg.device)
+    env = environment(device)
+    result = {
+        "bench": "yolo", "category": args.category, "data": m["data"]["provenance"], "device": device,
+        "device_name": env["device_name"], "environment": env, "model": cfg.yolo.model, "imgsz": cfg.yolo.imgsz,
+        "batch": cfg.yolo.batch, "epochs": len(clock.seconds), "train_images": n_train,
+        "weights": m["weights"]["source"],
+        "first_epoch_s": round(clock.seconds[0], 3),
+        "steady_epoch_s": round(statistics.median(steady), 3),
+        "train_images_per_s": round(n_train / statistics.median(steady), 2),
+        "inference_ms_per_image": m["finetuned"]["latency_ms"],
+        "stage_timing_s": m["timing_s"], "stage_wall_s": round(wall, 2),
+        "finetuned_map50": m["finetuned"]["map50"],
+        "command": "python bench/yolo.py " + " ".join(sys.argv[1:]),
+    }
+    rows = [("device", result["device_name"]), ("data", f"{result['data']} {args.category}"),
+            ("model / imgsz / batch", f"{result['model']} / {result['imgsz']} / {result['batch']}"),
+            ("train images", n_train), ("epochs timed", result["epochs"]),
+            ("first epoch (s)", result["first_epoch_s"]), ("steady epoch, median (s)", result["steady_epoch_s"]),
+            ("training images / s", result["train_images_per_s"]),
+            ("inference latency (ms / image)", result["inference_ms_per_image"]),
+            ("stage total (s)", m["timing_s"]["total"])]
+    width = max(len(k) for k, _ in rows)
+    print(f"{'metric':<{width}}  value")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    tag = "cuda-" + env["device_name"].replace(" ", "_") if device.startswith("cuda") else "cpu"
+    out = args.json or Path(__file__).resolve().parent / "results" / f"yolo-{tag}.json"
+    write_json(out, result)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
