@@ -240,6 +240,67 @@ def finetune_yolo(
     info(f"wrote {target}/metrics.json, best.pt, detections_test.json, overlays/")
 
 
+@finetune_app.command("sam")
+def finetune_sam(
+    category: Category = "bottle",
+    model: Annotated[Optional[str], typer.Option(help="vit_b (default), vit_l, vit_h, or vit_tiny (random init, tests).")] = None,
+    epochs: Epochs = None,
+    batch: Batch = None,
+    accumulate: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
+    unfreeze_blocks: Annotated[Optional[int], typer.Option(help="Also train the last N image-encoder blocks (disables the embedding cache).")] = None,
+    detections: Annotated[Optional[Path], typer.Option(help="COCO detections to prompt with (default: runs/<category>/yolo/detections_test.json if present).")] = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Train with DDP in N processes (relaunches under torchrun; NCCL on CUDA, gloo on CPU).")] = 1,
+    resume: Resume = False,
+    device: Device = None,
+    seed: Seed = None,
+    allow_random_init: AllowRandomInit = None,
+    dataset: Dataset = None,
+    out: Out = None,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Fine-tune SAM's mask decoder on the COCO instances; IoU, Dice and mask AP on test, zero-shot vs fine-tuned."""
+    import os
+
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_under_torchrun(nproc_per_node)
+        return
+    from pipeline.stages.sam.run import run_finetune_sam
+
+    cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
+                  **{"sam.model": model, "sam.epochs": epochs, "sam.batch": batch, "sam.accumulate": accumulate,
+                     "sam.unfreeze_blocks": unfreeze_blocks})
+    target = out or Path(cfg.paths.runs) / category / "sam"
+    m = run_finetune_sam(cfg, dataset or Path(cfg.paths.datasets) / category, target, resume=resume,
+                         detections=detections)
+    if m is not None:
+        info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
+             f"{m['timing_s']['total']} s")
+        info(f"wrote {target}/metrics.json, decoder.pt, overlays/")
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """Run this same command in ``nproc`` DDP processes (what ``torchrun --nproc-per-node`` would do)."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "pipeline", *args]
+    info("launching: " + " ".join(cmd))
+    raise SystemExit(subprocess.call(cmd))
+
+
 @app.command()
 def env(device: Device = "auto") -> None:
     """Print the device that --device resolves to and the versions every output records."""

@@ -109,6 +109,34 @@ class YoloConfig(Section):
     overlays: int = Field(ge=0)
 
 
+class SamLoss(Section):
+    focal: float = Field(ge=0)
+    dice: float = Field(ge=0)
+    iou: float = Field(ge=0)
+
+
+class SamConfig(Section):
+    model: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"]
+    epochs: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    accumulate: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: float = Field(ge=0)
+    unfreeze_blocks: int = Field(ge=0)
+    box_jitter: float = Field(ge=0, le=1)
+    points: int = Field(ge=0)
+    views: Literal[1, 2, 4]
+    loss: SamLoss
+    focal_gamma: float = Field(ge=0)
+    focal_alpha: float = Field(ge=0, le=1)
+    cache: bool
+    cache_dir: str | None
+    amp: bool
+    detector_conf: float = Field(ge=0, le=1)
+    overlays: int = Field(ge=0)
+
+
 class Config(Section):
     category: str
     device: str
@@ -119,6 +147,7 @@ class Config(Section):
     synth: SynthConfig
     convert: ConvertConfig
     yolo: YoloConfig
+    sam: SamConfig
     classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
 
     @field_validator("classes")

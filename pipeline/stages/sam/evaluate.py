@@ -1,0 +1,148 @@
+"""Scoring SAM on the test split, at full image resolution, for each way of prompting it.
+
+- ``gt_boxes``: every true instance prompted with its exact box (SAM's segmentation quality alone).
+- ``detector_boxes``: the YOLO stage's boxes (score >= ``detector_conf``) as prompts, the end-to-end
+  result: a missed defect scores IoU 0 for its instance; a spurious box adds false mask to its image.
+
+Per instance: IoU and Dice of its mask with the best-overlapping prediction. Per image: the union of the
+predicted masks against the union of the true ones (an image with neither scores 1). Mask AP comes from
+pycocotools on the predicted masks as COCO results.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from segment_anything.modeling import Sam
+
+from pipeline.data.images import read_image
+from pipeline.io import read_json
+from pipeline.metrics.coco import coco_ap
+from pipeline.metrics.masks import dice, iou
+from pipeline.stages.sam.cache import EmbeddingCache
+from pipeline.stages.sam.data import Item, prepare
+from pipeline.stages.sam.train import embedding
+from pipeline.training.state import autocast
+from pipeline.viz import PALETTE, TRUTH, to_bgr
+
+
+@torch.no_grad()
+def segment(sam: Sam, emb: torch.Tensor, item: Item, boxes_xyxy: np.ndarray, device: str,
+            amp: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution masks (N, H, W) and predicted IoUs (N,) for boxes given in image pixels."""
+    if not len(boxes_xyxy):
+        return np.zeros((0, item.height, item.width), bool), np.zeros(0)
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    img_size = sam.image_encoder.img_size
+    prep = prepare(item, 0, img_size)
+    boxes = ResizeLongestSide(img_size).apply_boxes(np.asarray(boxes_xyxy, np.float32), (item.height, item.width))
+    with autocast(device, amp):
+        sparse, dense = sam.prompt_encoder(points=None, boxes=torch.as_tensor(boxes, device=device), masks=None)
+        low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                         multimask_output=False)
+    masks = sam.postprocess_masks(low.float(), prep["input_size"], (item.height, item.width)) > 0
+    return masks[:, 0].cpu().numpy(), iou_pred[:, 0].float().cpu().numpy()
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def _summary(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 5) if values else None
+
+
+def score(sam: Sam, items: list[Item], cache: EmbeddingCache, names: dict[int, str], coco_gt: Path, device: str,
+          amp: bool, prompts: dict[int, list[dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics for one prompting mode (ground-truth boxes when ``prompts`` is None) and the masks per image."""
+    img_size = sam.image_encoder.img_size
+    inst_iou, inst_dice = defaultdict(list), defaultdict(list)
+    img_iou, img_dice = defaultdict(list), defaultdict(list)
+    results, masks_out = [], {}
+    missed = 0
+    for item in items:
+        if prompts is None:
+            boxes, cats, scores = item.boxes, item.categories, None
+        else:
+            dets = prompts.get(item.image_id, [])
+            boxes = np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
+                              for d in dets], np.float32).reshape(-1, 4)
+            cats, scores = [d["category_id"] for d in dets], [d["score"] for d in dets]
+        if prompts is None and not len(boxes):
+            continue  # nothing to prompt: ground-truth prompting only scores images with defects
+        emb = embedding(sam, cache, item, 0, img_size, device, amp)
+        masks, iou_pred = segment(sam, emb, item, boxes, device, amp)
+        masks_out[item.name] = (masks, cats)
+        for k, truth in enumerate(item.masks):
+            cls = names[item.categories[k]]
+            if prompts is None:
+                pred = masks[k]
+            else:
+                overlaps = [iou(m, truth) for m in masks]
+                pred = masks[int(np.argmax(overlaps))] if overlaps else np.zeros_like(truth)
+                missed += not overlaps or max(overlaps) == 0
+            inst_iou[cls].append(iou(pred, truth))
+            inst_dice[cls].append(dice(pred, truth))
+        union_pred = masks.any(0) if len(masks) else np.zeros((item.height, item.width), bool)
+        union_true = item.masks.any(0) if len(item.masks) else np.zeros_like(union_pred)
+        img_iou[item.label].append(iou(union_pred, union_true))
+        img_dice[item.label].append(dice(union_pred, union_true))
+        for k, m in enumerate(masks):
+            results.append({"image_id": item.image_id, "category_id": int(cats[k]), "segmentation": _rle(m),
+                            "score": float(scores[k] if scores is not None else iou_pred[k])})
+    all_iou = [v for vs in inst_iou.values() for v in vs]
+    all_dice = [v for vs in inst_dice.values() for v in vs]
+    metrics = {
+        "instances": len(all_iou), "mean_iou": _summary(all_iou), "mean_dice": _summary(all_dice),
+        "per_class": {c: {"iou": _summary(inst_iou[c]), "dice": _summary(inst_dice[c]), "instances": len(inst_iou[c])}
+                      for c in sorted(names.values())},
+        "per_image": {"images": sum(len(v) for v in img_iou.values()),
+                      "mean_iou": _summary([v for vs in img_iou.values() for v in vs]),
+                      "mean_dice": _summary([v for vs in img_dice.values() for v in vs]),
+                      "per_label": {k: {"iou": _summary(img_iou[k]), "dice": _summary(img_dice[k]),
+                                        "images": len(img_iou[k])} for k in sorted(img_iou)}},
+        "mask_ap": coco_ap(read_json(coco_gt), results, "segm"),
+    }
+    if prompts is not None:
+        metrics["missed_instances"] = int(missed)
+        metrics["boxes"] = sum(len(v) for v in prompts.values())
+    return metrics, masks_out
+
+
+def detector_prompts(path: Path, conf: float) -> dict[int, list[dict[str, Any]]]:
+    """The YOLO stage's test detections at or above ``conf``, per COCO image id."""
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for d in read_json(path):
+        if d["score"] >= conf:
+            out[d["image_id"]].append(d)
+    return dict(out)
+
+
+def write_overlays(out: Path, items: list[Item], masks: dict[str, Any], names: dict[int, str], limit: int) -> list[Path]:
+    """True outlines in green, predicted masks filled in their class colour."""
+    written = []
+    order = list(names)
+    for item in [it for it in items if it.name in masks][:limit]:
+        img = to_bgr(read_image(item.path))
+        fill = img.copy()
+        pred, cats = masks[item.name]
+        for m, c in zip(pred, cats):
+            fill[m] = PALETTE[order.index(c) % len(PALETTE)]
+        img = cv2.addWeighted(fill, 0.45, img, 0.55, 0)
+        for truth in item.masks:
+            contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(img, contours, -1, TRUTH, max(1, round(max(img.shape[:2]) / 300)))
+        path = out / item.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), img)
+        written.append(path)
+    return written
