@@ -11,7 +11,7 @@ default:
     @just --list
 
 # the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in
-all: stats convert finetune-yolo
+all: stats convert finetune-yolo finetune-sam
 
 # dataset card (falls back to the synthetic stand-in when no real data is present)
 stats *ARGS:
@@ -24,6 +24,14 @@ convert *ARGS:
 # YOLO-World: zero-shot baseline, fine-tune, test mAP (runs/<category>/yolo/)
 finetune-yolo *ARGS:
     pipe finetune yolo {{category}} --profile {{profile}} {{ARGS}}
+
+# SAM: zero-shot vs fine-tuned decoder, prompted by true boxes and by the YOLO boxes (runs/<category>/sam/)
+finetune-sam *ARGS:
+    pipe finetune sam {{category}} --profile {{profile}} {{ARGS}}
+
+# SAM epoch time with and without the embedding cache (prints a table, writes bench/results/)
+bench-sam *ARGS:
+    python bench/sam.py --category {{category}} {{ARGS}}
 
 # YOLO-World training throughput and inference latency (prints a table, writes bench/results/)
 bench-yolo *ARGS:

@@ -15,23 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _shared import converted, finish
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.convert.instances import ConvertParams  # noqa: E402
-from pipeline.convert.run import run_convert  # noqa: E402
-from pipeline.data.layout import load_category  # noqa: E402
-from pipeline.data.synth import synthesize  # noqa: E402
-from pipeline.device import environment, select_device  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
-from pipeline.stages.yolo.run import run_finetune_yolo  # noqa: E402
+from pipeline.config import load_config
+from pipeline.device import environment, select_device
+from pipeline.stages.yolo.run import run_finetune_yolo
 
 
 class EpochClock:
@@ -62,16 +55,7 @@ def main() -> None:
     overrides = [*args.set, "allow_random_init=true"] + ([f"yolo.epochs={args.epochs}"] if args.epochs else [])
     cfg = load_config(args.category, args.profile, overrides=overrides)
     work = Path(tempfile.mkdtemp(prefix="bench-yolo-"))
-    root = Path(args.root) if args.root else None
-    if root is None:
-        s = cfg.synth
-        root = synthesize(args.category, work / "synthetic", s.size, s.train_good, s.test_good, s.test_per_defect,
-                          s.seed).parent
-    cat = load_category(root, args.category)
-    c = cfg.convert
-    dataset = work / "datasets" / args.category
-    run_convert(cat, dataset, ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou,
-                                            c.yolo_seg_min_iou), c.split.model_dump(), cfg.seed, c.add_train_good)
+    dataset = converted(cfg, args.root, args.category, work)
 
     clock = EpochClock()
     t0 = time.perf_counter()
@@ -93,7 +77,6 @@ def main() -> None:
         "inference_ms_per_image": m["finetuned"]["latency_ms"],
         "stage_timing_s": m["timing_s"], "stage_wall_s": round(wall, 2),
         "finetuned_map50": m["finetuned"]["map50"],
-        "command": "python bench/yolo.py " + " ".join(sys.argv[1:]),
     }
     rows = [("device", result["device_name"]), ("data", f"{result['data']} {args.category}"),
             ("model / imgsz / batch", f"{result['model']} / {result['imgsz']} / {result['batch']}"),
@@ -102,15 +85,7 @@ def main() -> None:
             ("training images / s", result["train_images_per_s"]),
             ("inference latency (ms / image)", result["inference_ms_per_image"]),
             ("stage total (s)", m["timing_s"]["total"])]
-    width = max(len(k) for k, _ in rows)
-    print(f"{'metric':<{width}}  value")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    tag = "cuda-" + env["device_name"].replace(" ", "_") if device.startswith("cuda") else "cpu"
-    out = args.json or Path(__file__).resolve().parent / "results" / f"yolo-{tag}.json"
-    write_json(out, result)
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {out}")
+    finish("yolo", rows, result, args.json, work)
 
 
 if __name__ == "__main__":

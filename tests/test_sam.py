@@ -107,7 +107,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(converted_dataset):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0] and min(losses[-5:]) < min(losses[:5])
     assert not any(p.requires_grad for p in sam.image_encoder.parameters())
 
@@ -182,3 +182,18 @@ def test_ddp_two_gloo_processes_end_identical(converted_dataset, tmp_path):
     torch.manual_seed(0)
     init = trainable_state(build_tiny())
     assert any(not torch.equal(a[k], init[k]) for k in a)  # they trained, and stayed in step
+
+
+def test_nproc_per_node_relaunches_under_torchrun(monkeypatch):
+    import subprocess
+    import sys
+
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.setattr(sys, "argv", ["pipe", "finetune", "sam", "bottle", "--nproc-per-node", "2", "--epochs", "1"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    result = CliRunner().invoke(app, ["finetune", "sam", "bottle", "--nproc-per-node", "2", "--epochs", "1"])
+    cmd = seen["cmd"]
+    assert result.exit_code == 0
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[5:] == ["-m", "pipeline", "finetune", "sam", "bottle", "--epochs", "1"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.io import atomic_path
 
 
 def seed_everything(seed: int) -> None:
@@ -28,18 +28,9 @@ def autocast(device: str, enabled: bool = True) -> contextlib.AbstractContextMan
 
 def save(path: Path, state: dict[str, Any]) -> Path:
     """``torch.save`` through a temporary sibling and a rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""What the stage benchmarks share: a converted dataset to time on, and one way to print and save results."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import Config  # noqa: E402
+from pipeline.convert.instances import ConvertParams  # noqa: E402
+from pipeline.convert.run import run_convert  # noqa: E402
+from pipeline.data.layout import load_category  # noqa: E402
+from pipeline.data.synth import synthesize  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+
+
+def converted(cfg: Config, root: str | None, category: str, work: Path) -> Path:
+    """``work/datasets/<category>`` converted from the real root, or from a synthetic one made here."""
+    if root is None:
+        s = cfg.synth
+        root = synthesize(category, work / "synthetic", s.size, s.train_good, s.test_good, s.test_per_defect,
+                          s.seed).parent
+    c = cfg.convert
+    dataset = work / "datasets" / category
+    run_convert(load_category(root, category), dataset, ConvertParams(c.merge_distance, c.min_area, c.simplify,
+                c.coco_min_iou, c.yolo_seg_min_iou), c.split.model_dump(), cfg.seed, c.add_train_good)
+    return dataset
+
+
+def finish(name: str, rows: list[tuple[str, Any]], result: dict[str, Any], json_path: Path | None,
+           work: Path) -> None:
+    """Print the table, write ``bench/results/<name>-<device>.json`` (or ``json_path``), remove ``work``."""
+    width = max(len(k) for k, _ in rows)
+    print(f"{'metric':<{width}}  value")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    device = result["device"]
+    tag = "cuda-" + result["device_name"].replace(" ", "_") if device.startswith("cuda") else "cpu"
+    out = json_path or Path(__file__).resolve().parent / "results" / f"{name}-{tag}.json"
+    write_json(out, {**result, "command": f"python bench/{name}.py " + " ".join(sys.argv[1:])})
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {out}")
