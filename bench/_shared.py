@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +17,18 @@ from pipeline.convert.run import run_convert  # noqa: E402
 from pipeline.data.layout import load_category  # noqa: E402
 from pipeline.data.synth import synthesize  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+
+
+def parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """The options every stage benchmark takes: data root, category, profile, --set overrides, output JSON."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--root", default=os.environ.get("MVTEC_ROOT"), help="MVTec AD root (default $MVTEC_ROOT; "
+                    "without one a synthetic bottle is generated)")
+    ap.add_argument("--category", default="bottle")
+    ap.add_argument("--profile", default=None, help="config profile (tiny, cpu, full); default: configs as they are")
+    ap.add_argument("--set", action="append", default=[], help="any config override, e.g. sam.views=1")
+    ap.add_argument("--json", type=Path, default=None, help=f"output JSON (default bench/results/{name}-<device>.json)")
+    return ap
 
 
 def converted(cfg: Config, root: str | None, category: str, work: Path) -> Path:

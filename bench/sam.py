@@ -13,13 +13,11 @@ present; otherwise random init, which does not change the timing. Prints a table
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
-from _shared import converted, finish
+from _shared import converted, finish, parser
 
 from pipeline.config import load_config
 from pipeline.device import environment, select_device
@@ -31,15 +29,9 @@ from pipeline.training.distributed import Dist
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=os.environ.get("MVTEC_ROOT"), help="MVTec AD root (default $MVTEC_ROOT; "
-                    "without one a synthetic bottle is generated)")
-    ap.add_argument("--category", default="bottle")
-    ap.add_argument("--profile", default=None, help="config profile (tiny, cpu, full); default: configs as they are")
+    ap = parser(__doc__, "sam")
     ap.add_argument("--epochs", type=int, default=4, help="cached epochs (the first is excluded from the median)")
     ap.add_argument("--uncached-epochs", type=int, default=1, help="epochs without the cache")
-    ap.add_argument("--set", action="append", default=[], help="any config override, e.g. sam.views=1")
-    ap.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/sam-<device>.json)")
     args = ap.parse_args()
 
     cfg = load_config(args.category, args.profile, overrides=[*args.set, "allow_random_init=true"])

@@ -13,14 +13,12 @@ a data root, a synthetic bottle is generated. Prints a table and writes JSON wit
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _shared import converted, finish
+from _shared import converted, finish, parser
 
 from pipeline.config import load_config
 from pipeline.device import environment, select_device
@@ -42,14 +40,8 @@ class EpochClock:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=os.environ.get("MVTEC_ROOT"), help="MVTec AD root (default $MVTEC_ROOT; "
-                    "without one a synthetic bottle is generated)")
-    ap.add_argument("--category", default="bottle")
-    ap.add_argument("--profile", default=None, help="config profile (tiny, cpu, full); default: configs as they are")
+    ap = parser(__doc__, "yolo")
     ap.add_argument("--epochs", type=int, default=None, help="override yolo.epochs (default: the config's)")
-    ap.add_argument("--set", action="append", default=[], help="any config override, e.g. yolo.batch=32")
-    ap.add_argument("--json", type=Path, default=None, help="output JSON (default bench/results/yolo-<device>.json)")
     args = ap.parse_args()
 
     overrides = [*args.set, "allow_random_init=true"] + ([f"yolo.epochs={args.epochs}"] if args.epochs else [])
