@@ -1,5 +1,4 @@
 import json
-import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app

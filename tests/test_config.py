@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from pipeline.config import CONFIG_DIR, load_config, parse_override

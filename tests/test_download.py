@@ -21,6 +21,7 @@ def fake_spec(monkeypatch):
 
 def test_install_from_extracted_folder(tiny_root, tmp_path, fake_spec):
     path = dl.install("bottle", tmp_path / "data", source=tiny_root)  # folder holding bottle/
+    assert path == tmp_path / "data" / "bottle"
     assert load_category(tmp_path / "data", "bottle").samples
 
 

@@ -109,7 +109,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         "detector_prompted": detector,
         "delta_iou": None if finetuned["mean_iou"] is None or zero_shot["mean_iou"] is None
         else round(finetuned["mean_iou"] - zero_shot["mean_iou"], 5),
-        "train": {k: v for k, v in history.items()},
+        "train": history,
         "processes": d.world,
         "decoder_weights": {"file": str(decoder), "sha256": file_digest(decoder),
                             "load": "sam.load_state_dict(torch.load(file), strict=False)"},
