@@ -55,6 +55,12 @@ def coco_ap(gt: str | Path | dict[str, Any], detections: list[dict[str, Any]], i
             "ap50_per_class": per_class, "detections": len(detections)}
 
 
+def xywh_to_xyxy(boxes: list[list[float]]) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` boxes to an (N, 4) float32 array of ``[x1, y1, x2, y2]``."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+
+
 def xyxy_to_xywh(box: np.ndarray | list[float]) -> list[float]:
     x1, y1, x2, y2 = (float(v) for v in box)
     return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]

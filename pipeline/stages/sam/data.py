@@ -22,6 +22,7 @@ from pipeline.convert.instances import decode_coco
 from pipeline.data.images import read_image
 from pipeline.errors import DataError
 from pipeline.io import read_json
+from pipeline.metrics.coco import xywh_to_xyxy
 from pipeline.stages.common import require
 
 VIEWS = ((False, False), (True, False), (False, True), (True, True))  # (h-flip, v-flip) per view index
@@ -72,8 +73,7 @@ def load_split(dataset_dir: Path, split: str) -> tuple[list[Item], dict[int, str
         anns = sorted(by_image.get(image_id, []), key=lambda a: a["id"])
         h, w = im["height"], im["width"]
         masks = np.stack([decode_coco(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                          for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes = xywh_to_xyxy([a["bbox"] for a in anns])
         items.append(Item(im["file_name"], image_id, path, h, w, masks, boxes, [a["category_id"] for a in anns],
                           hashlib.sha256(path.read_bytes()).hexdigest()))
     return items, {c["id"]: c["name"] for c in doc["categories"]}

@@ -23,13 +23,13 @@ from segment_anything.modeling import Sam
 
 from pipeline.data.images import read_image
 from pipeline.io import read_json
-from pipeline.metrics.coco import coco_ap
+from pipeline.metrics.coco import coco_ap, xywh_to_xyxy
 from pipeline.metrics.masks import dice, iou
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import Item, prepare
-from pipeline.stages.sam.train import embedding
+from pipeline.stages.sam.train import PromptedSam, embedding
 from pipeline.training.state import autocast
-from pipeline.viz import PALETTE, TRUTH, to_bgr
+from pipeline.viz import PALETTE, TRUTH, thickness, to_bgr
 
 
 @torch.no_grad()
@@ -44,10 +44,7 @@ def segment(sam: Sam, emb: torch.Tensor, item: Item, boxes_xyxy: np.ndarray, dev
     prep = prepare(item, 0, img_size)
     boxes = ResizeLongestSide(img_size).apply_boxes(np.asarray(boxes_xyxy, np.float32), (item.height, item.width))
     with autocast(device, amp):
-        sparse, dense = sam.prompt_encoder(points=None, boxes=torch.as_tensor(boxes, device=device), masks=None)
-        low, iou_pred = sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=False)
+        low, iou_pred = PromptedSam(sam, encode=False)([emb], [torch.as_tensor(boxes, device=device)], [None])[0]
     masks = sam.postprocess_masks(low.float(), prep["input_size"], (item.height, item.width)) > 0
     return masks[:, 0].cpu().numpy(), iou_pred[:, 0].float().cpu().numpy()
 
@@ -74,8 +71,7 @@ def score(sam: Sam, items: list[Item], cache: EmbeddingCache, names: dict[int, s
             boxes, cats, scores = item.boxes, item.categories, None
         else:
             dets = prompts.get(item.image_id, [])
-            boxes = np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
-                              for d in dets], np.float32).reshape(-1, 4)
+            boxes = xywh_to_xyxy([d["bbox"] for d in dets])
             cats, scores = [d["category_id"] for d in dets], [d["score"] for d in dets]
         if prompts is None and not len(boxes):
             continue  # nothing to prompt: ground-truth prompting only scores images with defects
@@ -140,7 +136,7 @@ def write_overlays(out: Path, items: list[Item], masks: dict[str, Any], names: d
         img = cv2.addWeighted(fill, 0.45, img, 0.55, 0)
         for truth in item.masks:
             contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(img, contours, -1, TRUTH, max(1, round(max(img.shape[:2]) / 300)))
+            cv2.drawContours(img, contours, -1, TRUTH, thickness(img))
         path = out / item.name
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), img)

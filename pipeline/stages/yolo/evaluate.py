@@ -7,7 +7,6 @@ from pycocotools on the detections file the SAM stage reads; the metrics carry b
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,11 @@ def validate(model: torch.nn.Module, data_yaml: Path, names: list[str], imgsz: i
     """mAP50, mAP50-95, precision, recall, AP50 per class and the PR curve on ``split`` (default: test)."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    tmp = Path(tempfile.mkdtemp(prefix="pipe-val-"))
-    try:
-        validator = DetectionValidator(save_dir=tmp, args=dict(
+    with tempfile.TemporaryDirectory(prefix="pipe-val-") as tmp:  # ultralytics insists on a save_dir
+        validator = DetectionValidator(save_dir=Path(tmp), args=dict(
             data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, conf=conf, iou=iou,
             device=_ultra_device(device), plots=False, verbose=False, save_json=False, workers=0))
         validator(model=model)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     box = validator.metrics.box
     ap50 = dict.fromkeys(names)  # None: no test instance of that class
     for k, cls in enumerate(validator.metrics.ap_class_index):
@@ -60,14 +56,11 @@ def predict(model: torch.nn.Module, images: list[Path], imgsz: int, conf: float,
     """Boxes per image name (``xywh`` pixels, class index, score) and the mean inference latency in ms."""
     from ultralytics.models.yolo.detect import DetectionPredictor
 
-    tmp = Path(tempfile.mkdtemp(prefix="pipe-predict-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="pipe-predict-") as tmp:
         predictor = DetectionPredictor(overrides=dict(
             conf=conf, iou=iou, imgsz=imgsz, device=_ultra_device(device), verbose=False, save=False,
-            project=str(tmp), max_det=100))
+            project=tmp, max_det=100))
         results = predictor(source=[str(p) for p in images], model=model, stream=False) if images else []
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     boxes: dict[str, list[dict[str, Any]]] = {}
     for path, r in zip(images, results):
         b = r.boxes
