@@ -64,6 +64,8 @@ Dataset = Annotated[Optional[Path], typer.Option(help="Converted dataset folder 
 Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<category>/<stage>).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (overrides the config).")]
 Batch = Annotated[Optional[int], typer.Option(help="Batch size (overrides the config).")]
+NprocPerNode = Annotated[int, typer.Option("--nproc-per-node", help="Train with DDP in N processes (relaunches "
+                                                                    "under torchrun; NCCL on CUDA, gloo on CPU).")]
 
 
 def _config(category: str, config: list[Path] | None, profile: str | None, sets: list[str] | None, **direct):
@@ -249,7 +251,7 @@ def finetune_sam(
     accumulate: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
     unfreeze_blocks: Annotated[Optional[int], typer.Option(help="Also train the last N image-encoder blocks (disables the embedding cache).")] = None,
     detections: Annotated[Optional[Path], typer.Option(help="COCO detections to prompt with (default: runs/<category>/yolo/detections_test.json if present).")] = None,
-    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Train with DDP in N processes (relaunches under torchrun; NCCL on CUDA, gloo on CPU).")] = 1,
+    nproc_per_node: NprocPerNode = 1,
     resume: Resume = False,
     device: Device = None,
     seed: Seed = None,
@@ -278,6 +280,45 @@ def finetune_sam(
         info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
              f"{m['timing_s']['total']} s")
         info(f"wrote {target}/metrics.json, decoder.pt, overlays/")
+
+
+@app.command()
+def classify(
+    category: Category = "bottle",
+    attempts: Annotated[Optional[str], typer.Option(help="Comma-separated attempts from configs/classify/ (A,B,C,D) or YAML paths.")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="Stratified K-fold cross-validation over the labelled images (0: shared split only; K >= 3).")] = None,
+    longtail: Annotated[Optional[str], typer.Option(help="none, balanced_sampling, effective_number or balanced_softmax for every attempt (default: each attempt's own).")] = None,
+    epochs: Epochs = None,
+    imgsz: Annotated[Optional[int], typer.Option(help="Square input side for every attempt (overrides the attempts' own).")] = None,
+    batch: Batch = None,
+    nproc_per_node: NprocPerNode = 1,
+    resume: Annotated[bool, typer.Option(help="Reuse the finished (attempt, fold) runs in the output folder; redo the rest.")] = False,
+    device: Device = None,
+    seed: Seed = None,
+    allow_random_init: AllowRandomInit = None,
+    dataset: Dataset = None,
+    out: Out = None,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Compare four backbone recipes (good vs each defect class): shared split, K-fold CV, long-tail comparison."""
+    import os
+
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_under_torchrun(nproc_per_node)
+        return
+    from pipeline.stages.classify.run import run_classify
+
+    names = [a.strip() for a in attempts.split(",") if a.strip()] if attempts else None
+    cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
+                  **{"classify.attempts": names, "classify.folds": folds, "classify.longtail": longtail,
+                     "classify.epochs": epochs, "classify.imgsz": imgsz, "classify.batch": batch})
+    target = out or Path(cfg.paths.runs) / category / "classify"
+    m = run_classify(cfg, dataset or Path(cfg.paths.datasets) / category, target, resume=resume)
+    if m is not None:
+        console.print(m["summary_text"])
+        info(f"wrote {target}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
 
 
 def _relaunch_under_torchrun(nproc: int) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -137,6 +137,39 @@ class SamConfig(Section):
     overlays: int = Field(ge=0)
 
 
+class ClassifyCompare(Section):
+    attempt: str
+    longtail: Literal["balanced_sampling", "effective_number", "balanced_softmax"]
+
+
+LONGTAIL = Literal["none", "balanced_sampling", "effective_number", "balanced_softmax"]
+
+
+class ClassifyConfig(Section):
+    attempts: list[str] = Field(min_length=1)
+    classes: list[str] | None
+    add_train_good: bool
+    folds: int = Field(ge=0)
+    longtail: LONGTAIL | None
+    compare: ClassifyCompare | None
+    epochs: int | None = Field(ge=1)
+    imgsz: int | None = Field(ge=16)
+    batch: int | None = Field(ge=2)
+    select: Literal["macro_f1", "balanced_accuracy", "accuracy", "loss"]
+    cache: bool
+    channels_last: bool
+    amp: bool
+    workers: int = Field(ge=0)
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v in (1, 2):
+            raise ValueError("use 0 (the shared split only) or K >= 3 (each fold tests on one part, selects on "
+                             "the next and trains on the rest)")
+        return v
+
+
 class Config(Section):
     category: str
     device: str
@@ -148,6 +181,7 @@ class Config(Section):
     convert: ConvertConfig
     yolo: YoloConfig
     sam: SamConfig
+    classify: ClassifyConfig
     classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
 
     @field_validator("classes")
@@ -166,7 +200,7 @@ class Config(Section):
         return v
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (check the path, or list configs/ for what exists)")
     try:
@@ -182,11 +216,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "classes":
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -227,43 +261,51 @@ def load_config(
     overrides: Sequence[str] = (),
 ) -> Config:
     """Merge the layers for ``category`` and validate; raise ``ConfigError`` naming the file and key."""
-    layers: list[tuple[str, dict[str, Any]]] = [(str(CONFIG_DIR / "default.yaml"), _read_yaml(CONFIG_DIR / "default.yaml"))]
+    layers: list[tuple[str, dict[str, Any]]] = [(str(CONFIG_DIR / "default.yaml"), read_yaml(CONFIG_DIR / "default.yaml"))]
     category_file = CONFIG_DIR / f"{category}.yaml"
     if category_file.is_file():
-        layers.append((str(category_file), _read_yaml(category_file)))
+        layers.append((str(category_file), read_yaml(category_file)))
     if profile:
         profile_file = CONFIG_DIR / "profiles" / f"{profile}.yaml"
         if not profile_file.is_file():
             known = sorted(p.stem for p in (CONFIG_DIR / "profiles").glob("*.yaml"))
             raise ConfigError(f"{profile_file}: no such profile {profile!r} (known: {', '.join(known)})")
-        layers.append((str(profile_file), _read_yaml(profile_file)))
-    layers += [(str(f), _read_yaml(Path(f))) for f in files]
+        layers.append((str(profile_file), read_yaml(profile_file)))
+    layers += [(str(f), read_yaml(Path(f))) for f in files]
     for item in overrides:
         keys, value = parse_override(item)
         layers.append((f"--set {item}", _nested(keys, value)))
 
     merged: dict[str, Any] = {}
     for _, layer in layers:
-        merged = _merge(merged, layer)
+        merged = merge(merged, layer)
     merged["category"] = category
+    cfg = validate(Config, merged, layers)
+    _check_classes(cfg, layers)
+    return cfg
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], merged: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> M:
+    """Validate merged layers; the one error names the layer (file or --set) that set the bad key."""
     try:
-        cfg = Config.model_validate(merged)
+        return model.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"]]
         key = ".".join(str(p) for p in loc) or "(top level)"
         source = next((name for name, layer in reversed(layers) if _has_key(layer, loc)), layers[0][0])
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (typo? see configs/default.yaml for every key)"
+            msg = f"unknown key (typo? see {layers[0][0]} for every key)"
         elif err["type"] == "missing":
             source = layers[0][0]
-            msg = "missing key (every key needs a default in configs/default.yaml)"
+            msg = f"missing key (every key needs a default in {layers[0][0]})"
         else:
             got = err.get("input")
             msg = f"{err['msg']} (got {got!r})"
         raise ConfigError(f"{source}: {key}: {msg}") from None
-    _check_classes(cfg, layers)
-    return cfg
 
 
 def _check_classes(cfg: Config, layers: list[tuple[str, dict[str, Any]]]) -> None:
@@ -278,6 +320,11 @@ def _check_classes(cfg: Config, layers: list[tuple[str, dict[str, Any]]]) -> Non
             source = next((n for n, layer in reversed(layers) if _has_key(layer, ["classes", name])), layers[0][0])
             raise ConfigError(f"{source}: classes.{name}: {cfg.category} has no defect class {name!r} "
                               f"(known: {', '.join(spec.defects)})")
+    for name in cfg.classify.classes or []:
+        if name not in spec.classes:
+            source = next((n for n, layer in reversed(layers) if _has_key(layer, ["classify", "classes"])), layers[0][0])
+            raise ConfigError(f"{source}: classify.classes: {cfg.category} has no class {name!r} "
+                              f"(known: {', '.join(spec.classes)})")
 
 
 def dump(cfg: Config) -> dict[str, Any]:

@@ -54,8 +54,8 @@ class Category:
     def provenance(self) -> dict[str, Any]:
         """Recorded in every output: were these numbers measured on real MVTec AD or a stand-in?"""
         if self.synthetic is not None:
-            return {"kind": "synthetic", "root": str(self.root), "generator": self.synthetic}
-        return {"kind": "real", "root": str(self.root), "dataset": "MVTec AD", "license": "CC BY-NC-SA 4.0"}
+            return {"kind": "synthetic", "root": str(self.root.resolve()), "generator": self.synthetic}
+        return {"kind": "real", "root": str(self.root.resolve()), "dataset": "MVTec AD", "license": "CC BY-NC-SA 4.0"}
 
     def read_mask(self, sample: Sample) -> np.ndarray:
         """Boolean HxW mask; all False for good images."""

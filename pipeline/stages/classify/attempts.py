@@ -1,0 +1,124 @@
+"""Attempt recipes: ``configs/classify/<name>.yaml`` layered over ``configs/classify/base.yaml``, validated once.
+
+An attempt is everything that distinguishes one recipe from another (backbones, head, schedule, loss,
+augmentation, long-tail method). The ``classify`` section of the main config may override epochs, image
+size, batch and long-tail method for every attempt at once (profiles use that to shrink a run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.config import CONFIG_DIR, LONGTAIL, ClassifyConfig, Section, merge, read_yaml, validate
+from pipeline.errors import ConfigError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "vit_b_16")
+ATTEMPT_DIR = CONFIG_DIR / "classify"
+
+
+class Head(Section):
+    kind: Literal["linear", "mlp"]
+    hidden: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class Scheduler(Section):
+    kind: Literal["cosine", "plateau", "warm_restarts"]
+    eta_min: float = Field(ge=0)
+    factor: float = Field(gt=0, lt=1)
+    patience: int = Field(ge=0)
+    t0: int = Field(ge=1)
+    t_mult: int = Field(ge=1)
+
+
+class Loss(Section):
+    kind: Literal["ce", "focal"]
+    label_smoothing: float = Field(ge=0, lt=1)
+    focal_gamma: float = Field(ge=0)
+
+
+class Attempt(Section):
+    id: str
+    name: str
+    source: str
+    backbones: list[str] = Field(min_length=1)
+    head: Head
+    epochs: int = Field(ge=1)
+    batch: int = Field(ge=2)
+    imgsz: int = Field(ge=16)
+    lr_backbone: float = Field(gt=0)
+    lr_head: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    freeze_epochs: int = Field(ge=0)
+    unfreeze_every: int = Field(ge=0)
+    scheduler: Scheduler
+    loss: Loss
+    augment: Literal["basic", "strong"]
+    mixup: float = Field(ge=0)
+    longtail: LONGTAIL
+    effective_beta: float = Field(ge=0, lt=1)
+
+    @field_validator("backbones")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in BACKBONES:
+                raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _vit_size(self) -> Attempt:
+        if "vit_b_16" in self.backbones and self.imgsz % 16:
+            raise ValueError(f"imgsz {self.imgsz}: vit_b_16 needs a multiple of 16")
+        return self
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the attempts table and the summary compare, flattened."""
+        return {"backbone": " + ".join(self.backbones), "head": self.head.kind, "epochs": self.epochs,
+                "batch": self.batch, "imgsz": self.imgsz, "lr_backbone": self.lr_backbone, "lr_head": self.lr_head,
+                "optimizer": "AdamW", "weight_decay": self.weight_decay,
+                "two_stage": self.freeze_epochs > 0, "gradual_unfreeze": self.unfreeze_every > 0,
+                "scheduler": self.scheduler.kind, "loss": self.loss.kind,
+                "label_smoothing": self.loss.label_smoothing, "augment": self.augment, "mixup": self.mixup,
+                "longtail": self.longtail}
+
+
+def _attempt_file(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    path = ATTEMPT_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in ATTEMPT_DIR.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"{path}: no attempt {name!r} (known: {', '.join(known)}; or give a YAML path)")
+    return path
+
+
+def load_attempt(name: str, c: ClassifyConfig, longtail: str | None = None) -> Attempt:
+    """One attempt with the run-wide overrides applied; ``longtail`` (the comparison) wins over both."""
+    base = ATTEMPT_DIR / "base.yaml"
+    path = _attempt_file(name)
+    layers: list[tuple[str, dict[str, Any]]] = [(str(base), read_yaml(base)), (str(path), read_yaml(path))]
+    overrides = {k: v for k, v in {"epochs": c.epochs, "imgsz": c.imgsz, "batch": c.batch,
+                                   "longtail": longtail or c.longtail}.items() if v is not None}
+    if overrides:
+        layers.append(("classify section of the config", overrides))
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        merged = merge(merged, layer)
+    merged.update(id=Path(name).stem, source=str(path))
+    return validate(Attempt, merged, layers)
+
+
+def load_attempts(c: ClassifyConfig) -> list[Attempt]:
+    """Every attempt of the run, validated before any training starts."""
+    attempts = [load_attempt(name, c) for name in c.attempts]
+    ids = [a.id for a in attempts]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"classify.attempts: attempt ids must be unique (got {ids})")
+    if c.compare is not None and c.compare.attempt not in ids:
+        raise ConfigError(f"classify.compare.attempt: {c.compare.attempt!r} is not one of classify.attempts ({ids})")
+    return attempts

@@ -1,0 +1,193 @@
+"""Images and labels for classification: the shared splits, the in-memory cache, transforms v2, samplers, folds.
+
+The labelled images are MVTec's ``test/`` images, split by ``splits.json`` exactly as the detection and
+segmentation stages split them; MVTec's ``train/good`` joins train when asked (the long tail). Images are
+decoded and resized once into a uint8 cache shared by every attempt, fold and epoch; augmentation runs on
+those small tensors. Greyscale images are replicated to three channels for the ImageNet backbones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import v2
+
+from pipeline.convert.splits import load_splits
+from pipeline.data.images import read_image
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import read_json
+from pipeline.stages.common import require
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as every torchvision weights enum uses
+
+
+@dataclass(frozen=True)
+class Sample:
+    rel: str  # id relative to the category root, e.g. test/broken_large/000.png
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Labelled:
+    classes: list[str]
+    splits: dict[str, list[Sample]]  # train / val / test of splits.json (train without train/good)
+    train_good: list[Sample]
+    provenance: str  # real | synthetic
+
+    @property
+    def pool(self) -> list[Sample]:
+        """Every labelled image: what K-fold cross-validation partitions."""
+        return sorted((s for split in self.splits.values() for s in split), key=lambda s: s.rel)
+
+
+def load_labelled(dataset_dir: Path, classes: Sequence[str] | None = None) -> Labelled:
+    """The shared splits with image paths resolved under the category root the converter read."""
+    splits = load_splits(dataset_dir)
+    report = read_json(require(Path(dataset_dir) / "convert_report.json", "conversion report",
+                               f"run `pipe convert {splits['category']}`"))
+    root = Path(report["data"]["root"])
+    if not root.is_dir():
+        raise DataError(f"{root}: the category folder {dataset_dir}/convert_report.json was converted from is gone; "
+                        f"run `pipe convert {splits['category']}` again")
+    names = list(classes) if classes else list(splits["classes"])
+    index = {c: i for i, c in enumerate(names)}
+
+    def samples(rels: Sequence[str], label_of) -> list[Sample]:
+        return [Sample(r, root / r, index[label_of(r)]) for r in rels if label_of(r) in index]
+
+    labels = splits["labels"]
+    return Labelled(names, {s: samples(splits["splits"][s], labels.__getitem__) for s in ("train", "val", "test")},
+                    samples(splits["train_good"], lambda r: "good"), splits.get("data", "unknown"))
+
+
+class ImageCache:
+    """Decoded RGB images resized to a square side, as uint8 (3, S, S) tensors, kept for the whole run."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._store: dict[tuple[Path, int], torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def get(self, path: Path, size: int) -> torch.Tensor:
+        key = (path, size)
+        if key in self._store:
+            self.hits += 1
+            return self._store[key]
+        self.misses += 1
+        img = read_image(path)
+        img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        if self.enabled:
+            self._store[key] = tensor
+        return tensor
+
+
+def transform(kind: str, size: int) -> v2.Transform:
+    """``eval``: normalise only; ``basic``: flips, small shifts, colour jitter; ``strong``: much more."""
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    if kind == "eval":
+        return v2.Compose(tail)
+    if kind == "basic":
+        return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
+                           v2.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+                           v2.ColorJitter(brightness=0.1, contrast=0.1), *tail])
+    if kind == "strong":
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                           v2.RandomVerticalFlip(), v2.RandomRotation(15), v2.TrivialAugmentWide(),
+                           v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2), *tail,
+                           v2.RandomErasing(p=0.25)])
+    raise ValueError(f"unknown transform {kind!r}")
+
+
+class Images(Dataset):
+    def __init__(self, samples: Sequence[Sample], cache: ImageCache, size: int, kind: str) -> None:
+        self.samples, self.cache, self.size, self.tf = list(samples), cache, size, transform(kind, size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        s = self.samples[i]
+        return self.tf(self.cache.get(s.path, self.size)), s.label
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle, or class-balanced draws with replacement (each class equally likely), per epoch.
+
+    Under DDP every process draws the same sequence and takes every ``world``-th index, so the shards are
+    disjoint and together cover one epoch.
+    """
+
+    def __init__(self, labels: Sequence[int], balanced: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.labels = torch.as_tensor(list(labels))
+        self.balanced, self.seed, self.rank, self.world = balanced, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def weights(self) -> torch.Tensor:
+        """Per-sample draw weights: 1 / (size of its class), so every class has the same total weight."""
+        counts = torch.bincount(self.labels).float()
+        return 1.0 / counts[self.labels]
+
+    def _order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        if self.balanced:
+            return torch.multinomial(self.weights(), n, replacement=True, generator=g)
+        return torch.randperm(n, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order().tolist()
+        order += order[: len(self) * self.world - len(order)]  # pad so every shard has the same length
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.world)
+
+
+@dataclass(frozen=True)
+class Fold:
+    name: str  # "split" (the shared splits.json) or "fold-<i>"
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+
+
+def shared_split(data: Labelled, add_train_good: bool) -> Fold:
+    return Fold("split", data.splits["train"] + (data.train_good if add_train_good else []),
+                data.splits["val"], data.splits["test"])
+
+
+def stratified_folds(data: Labelled, k: int, seed: int, add_train_good: bool) -> list[Fold]:
+    """K stratified folds over the labelled pool: fold i tests on part i, selects on part i+1, trains on the rest.
+
+    Every labelled image is tested exactly once; model selection never sees the test part.
+    """
+    pool = data.pool
+    labels = np.array([s.label for s in pool])
+    counts = np.bincount(labels, minlength=len(data.classes))
+    if k > counts.min():
+        worst = data.classes[int(counts.argmin())]
+        raise ConfigError(f"classify.folds: {k} stratified folds need at least {k} labelled images per class; "
+                          f"{worst!r} has {int(counts.min())} (lower --folds)")
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    parts = [test for _, test in skf.split(np.zeros(len(pool)), labels)]
+    folds = []
+    for i in range(k):
+        val_i = (i + 1) % k
+        train = [pool[j] for p, part in enumerate(parts) if p not in (i, val_i) for j in part]
+        folds.append(Fold(f"fold-{i}", train + (data.train_good if add_train_good else []),
+                          [pool[j] for j in parts[val_i]], [pool[j] for j in parts[i]]))
+    return folds

@@ -1,0 +1,124 @@
+"""What ``pipe classify`` writes for a reader: the attempts table, the generated summary, confusion plots.
+
+The summary is computed from the numbers, never typed: it names the best attempt by the selection
+basis (cross-validated macro-F1 when folds ran, else val macro-F1; never test), lists the
+hyperparameters in which it differs from each other attempt, and says when the gap is within the spread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic_path
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _pm(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def weights_label(weights: list[dict[str, Any]]) -> str:
+    return " + ".join(f"ImageNet ({w['enum'].split('.')[-1]})" if w["pretrained"] else "random init" for w in weights)
+
+
+def attempts_table(attempts: list[dict[str, Any]]) -> str:
+    """The coursework table, one row per attempt, plus test macro-F1 and the cross-validated numbers."""
+    head = ("| id | resize | epochs | lr (backbone / head) | optimizer | batch size | backbone | weights | "
+            "train loss / acc | val loss / acc | test acc | test macro-F1 | CV acc (mean ± std) | CV macro-F1 |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for a in attempts:
+        h, s = a["hyperparameters"], a["split"]
+        cv = a.get("cv") or {}
+        rows.append(
+            f"| {a['id']} | {h['imgsz']}×{h['imgsz']} | {h['epochs']} (best {s['best_epoch']}) | "
+            f"{h['lr_backbone']:g} / {h['lr_head']:g} | {h['optimizer']} | {h['batch']} | {h['backbone']} | "
+            f"{weights_label(a['weights'])} | {_f(s['train']['epoch_loss'])} / {_f(s['train']['epoch_acc'])} | "
+            f"{_f(s['val']['loss'])} / {_f(s['val']['accuracy'])} | {_f(s['test']['accuracy'])} | "
+            f"{_f(s['test']['macro_f1'])} | {_pm(cv.get('accuracy'))} | {_pm(cv.get('macro_f1'))} |")
+    return "\n".join(rows)
+
+
+def recall_table(compare: dict[str, Any]) -> str:
+    names = list(compare["without"]["recall"])
+    rows = [f"| class | recall without | recall with {compare['method']} |", "|---|---|---|"]
+    rows += [f"| {n} | {_f(compare['without']['recall'][n])} | {_f(compare['with']['recall'][n])} |" for n in names]
+    for key in ("balanced_accuracy", "macro_f1"):
+        rows.append(f"| **{key.replace('_', ' ')}** | {_f(compare['without'][key])} | {_f(compare['with'][key])} |")
+    return "\n".join(rows)
+
+
+def _basis(a: dict[str, Any]) -> tuple[float, float | None, str]:
+    cv = a.get("cv")
+    if cv and cv["macro_f1"]["mean"] is not None:
+        return cv["macro_f1"]["mean"], cv["macro_f1"]["std"], f"{cv['folds']}-fold cross-validated macro-F1"
+    return a["split"]["val"]["macro_f1"] or 0.0, None, "val macro-F1 on the shared split"
+
+
+def summary(attempts: list[dict[str, Any]], caveats: list[str]) -> tuple[str, dict[str, Any]]:
+    """A few sentences naming the best attempt and what sets it apart, and the same facts as a dict."""
+    ranked = sorted(attempts, key=lambda a: _basis(a)[0], reverse=True)
+    best = ranked[0]
+    value, spread, basis = _basis(best)
+    lines = [f"**Best attempt: {best['id']}** ({best['name']}) by {basis}: {value:.3f}"
+             + (f" ± {spread:.3f}" if spread is not None else "")
+             + f"; its test accuracy on the shared split is {_f(best['split']['test']['accuracy'])}."]
+    differences = {}
+    for other in ranked[1:]:
+        diff = {k: (v, other["hyperparameters"][k]) for k, v in best["hyperparameters"].items()
+                if other["hyperparameters"].get(k) != v}
+        differences[other["id"]] = {k: list(v) for k, v in diff.items()}
+        o_value, o_spread, _ = _basis(other)
+        factors = ", ".join(f"{k} ({b} vs {o})" for k, (b, o) in diff.items()) or "nothing in its recipe"
+        gap = value - o_value
+        noise = max(spread or 0.0, o_spread or 0.0)
+        verdict = (f"a gap of {gap:.3f}, within one standard deviation ({noise:.3f}): not a reliable difference"
+                   if spread is not None and gap <= noise else f"a gap of {gap:.3f}")
+        lines.append(f"- vs {other['id']} ({o_value:.3f}): differs in {factors}; {verdict}.")
+    lines += [f"- Caveat: {c}" for c in caveats]
+    return "\n".join(lines), {"best": best["id"], "basis": basis, "value": value, "std": spread,
+                              "ranking": [a["id"] for a in ranked], "differences": differences}
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], title: str, path: Path) -> Path:
+    """The confusion matrix as an annotated heat map (rows true, columns predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.1 * n + 1.5), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    top = max(max(row) for row in matrix) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                    color="white" if matrix[i][j] > top / 2 else "black")
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def markdown(metrics: dict[str, Any]) -> str:
+    """``attempts.md``: the table, the summary, the cross-validation detail and the long-tail comparison."""
+    parts = [f"# Classification: {metrics['category']} ({', '.join(metrics['classes'])})", ""]
+    parts += [f"> {c}" for c in metrics["caveats"]] + ([""] if metrics["caveats"] else [])
+    parts += ["## Attempts", "", attempts_table(metrics["attempts"]), "", "## Summary", "", metrics["summary_text"], ""]
+    if metrics.get("compare"):
+        c = metrics["compare"]
+        parts += [f"## Long tail: attempt {c['attempt']} without and with {c['method']}", "",
+                  f"Per-class recall on {c['basis']}.", "", recall_table(c), ""]
+    return "\n".join(parts)

@@ -1,0 +1,173 @@
+"""``pipe classify``: every attempt on the shared split and on K stratified folds, plus one long-tail comparison.
+
+Jobs are (attempt, long-tail variant, fold). Each finished job is written to ``runs/<job>/<fold>.json``
+at once, so ``--resume`` after an interruption redoes only the unfinished ones. Under ``torchrun`` every
+process trains every job on its shard; rank 0 writes. ``metrics.json`` and ``attempts.md`` come last.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.console import info, loud
+from pipeline.device import select_device
+from pipeline.fetch import file_digest
+from pipeline.io import read_json, write_json, write_text
+from pipeline.metrics.classification import classification_metrics, mean_std
+from pipeline.stages.classify import report
+from pipeline.stages.classify.attempts import Attempt, load_attempt, load_attempts
+from pipeline.stages.classify.data import Fold, ImageCache, Labelled, load_labelled, shared_split, stratified_folds
+from pipeline.stages.classify.models import build, provenance, resolve_backbones
+from pipeline.stages.classify.train import Options, fit
+from pipeline.stages.common import Phases, stage_record
+from pipeline.training import distributed
+from pipeline.training.state import save, seed_everything
+
+
+class Runner:
+    """Runs (or, on resume, reloads) one job at a time with shared cache, weights and options."""
+
+    def __init__(self, cfg: Config, data: Labelled, out: Path, o: Options, d: distributed.Dist, resume: bool) -> None:
+        self.cfg, self.data, self.out, self.o, self.d, self.resume = cfg, data, out, o, d, resume
+        self.cache = ImageCache(cfg.classify.cache)
+        self.weights: dict[str, Any] = {}
+
+    def job(self, a: Attempt, fold: Fold, tag: str) -> dict[str, Any]:
+        path = self.out / "runs" / tag / f"{fold.name}.json"
+        if self.resume and path.is_file():
+            info(f"{tag} {fold.name}: finished earlier, reusing {path}")
+            return read_json(path)
+        missing = [b for b in a.backbones if b not in self.weights]
+        self.weights.update(resolve_backbones(missing, Path(self.cfg.paths.weights), self.cfg.allow_random_init))
+        seed_everything(self.o.seed)
+        model = build(a, len(self.data.classes), self.weights)
+        result = fit(model, a, fold, self.data.classes, self.cache, self.o, self.d, label=f"{tag} {fold.name}")
+        if self.d.main:
+            if fold.name == "split":
+                weights = save(self.out / a.id / "best.pt", {"attempt": a.model_dump(), "classes": self.data.classes,
+                                                             "state_dict": model.state_dict()})
+                result["best_weights"] = {"file": str(weights), "sha256": file_digest(weights)}
+            write_json(path, result)
+        return result
+
+    def protocol(self, a: Attempt, tag: str, folds: list[Fold]) -> dict[str, Any]:
+        """The shared split, then every fold; returns the attempt's entry for metrics.json."""
+        split = self.job(a, shared_split(self.data, self.cfg.classify.add_train_good), tag)
+        results = [self.job(a, f, tag) for f in folds]
+        entry = {"id": a.id, "tag": tag, "name": a.name, "config": a.source, "hyperparameters": a.hyperparameters(),
+                 "weights": [provenance(self.weights[b]) for b in a.backbones], "split": _compact(split),
+                 "best_weights": split.get("best_weights"), "cv": None,
+                 "wall_s": round(split["wall_s"] + sum(r["wall_s"] for r in results), 3),
+                 "images_per_s": split["images_per_s"]}
+        if results:
+            pooled = classification_metrics([y for r in results for y in r["test_predictions"]["label"]],
+                                            [p for r in results for p in r["test_predictions"]["pred"]],
+                                            self.data.classes)
+            entry["cv"] = {"folds": len(results),
+                           **{k: mean_std([r["test"][k] for r in results])
+                              for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                           "per_fold": [{"fold": r["fold"], "best_epoch": r["best_epoch"],
+                                         **{k: r["test"][k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}}
+                                        for r in results],
+                           "pooled": pooled}
+        return entry
+
+
+def _compact(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("test_predictions", "best_weights")}
+
+
+def _recall(entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Per-class recall from the pooled out-of-fold predictions when folds ran, else from the test split."""
+    if entry["cv"]:
+        m, basis = entry["cv"]["pooled"], f"the pooled out-of-fold predictions of {entry['cv']['folds']} folds"
+    else:
+        m, basis = entry["split"]["test"], "the test split"
+    return {"recall": {n: c["recall"] for n, c in m["per_class"].items()},
+            "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"]}, basis
+
+
+def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False) -> dict[str, Any] | None:
+    """Run the stage; return the metrics written to ``out/metrics.json`` (None on ranks other than 0)."""
+    c = cfg.classify
+    out = Path(out)
+    phases = Phases()
+    selected = select_device(cfg.device)
+    d = distributed.init(selected)
+    device = distributed.device_for(d, selected)
+    record = stage_record("classify", cfg, device, dataset_dir)
+    attempts = load_attempts(c)  # every config error before any training
+    data = load_labelled(dataset_dir, c.classes)
+    folds = stratified_folds(data, c.folds, cfg.seed, c.add_train_good) if c.folds else []
+    if d.main:
+        (out / "metrics.json").unlink(missing_ok=True)
+        if not resume:
+            shutil.rmtree(out / "runs", ignore_errors=True)
+    o = Options(device, cfg.seed, c.select, c.amp, c.channels_last, c.workers)
+    runner = Runner(cfg, data, out, o, d, resume)
+    counts = {"train": len(shared_split(data, c.add_train_good).train), "val": len(data.splits["val"]),
+              "test": len(data.splits["test"]), "labelled": len(data.pool), "train_good": len(data.train_good)}
+    info(f"classify {cfg.category}: {len(attempts)} attempts x (shared split + {len(folds)} folds); "
+         f"images {counts}; classes {data.classes}")
+
+    entries = []
+    for a in attempts:
+        with phases(f"attempt_{a.id}"):
+            entries.append(runner.protocol(a, a.id, folds))
+    compare = None
+    if c.compare is not None:
+        with phases("compare"):
+            compare = _compare(runner, next(e for e in entries if e["id"] == c.compare.attempt),
+                               c.compare.attempt, c.compare.longtail, folds)
+    if not d.main:
+        distributed.shutdown(d)
+        return None
+
+    caveats = []
+    if data.provenance != "real":
+        caveats.append(f"the images are {data.provenance}, not MVTec AD: these numbers test the pipeline, "
+                       f"not a classifier of real defects")
+    untrained = sorted({w["name"] for e in entries for w in e["weights"] if not w["pretrained"]})
+    if untrained:
+        caveats.append(f"backbones trained from random initialisation (no ImageNet weights): {', '.join(untrained)}")
+    for cav in caveats:
+        loud(f"Classification: {cav}.")
+    text, facts = report.summary(entries, caveats)
+    plots = {}
+    for e in entries:
+        plots[e["id"]] = str(report.plot_confusion(e["split"]["test"]["confusion"], data.classes,
+                                                   f"{e['id']}: test split", out / "confusion" / f"{e['id']}.png"))
+        if e["cv"]:
+            plots[f"{e['id']}-cv"] = str(report.plot_confusion(
+                e["cv"]["pooled"]["confusion"], data.classes, f"{e['id']}: pooled {e['cv']['folds']} folds",
+                out / "confusion" / f"{e['id']}-cv.png"))
+    metrics = {**record, "classes": data.classes, "images": counts, "folds": c.folds, "attempts": entries,
+               "compare": compare, "summary": facts, "summary_text": text, "caveats": caveats,
+               "confusion_plots": plots, "processes": d.world,
+               "cache": {"enabled": runner.cache.enabled, "hits": runner.cache.hits, "misses": runner.cache.misses},
+               "timing_s": phases.record()}
+    write_text(out / "attempts.md", report.markdown(metrics))
+    write_json(out / "metrics.json", metrics)
+    distributed.shutdown(d)
+    return metrics
+
+
+def _compare(runner: Runner, entry: dict[str, Any], attempt_id: str, method: str,
+             folds: list[Fold]) -> dict[str, Any]:
+    """The same attempt without (``none``) and with ``method``; the main run stands in for whichever it is."""
+    own = entry["hyperparameters"]["longtail"]
+    name = runner.cfg.classify.attempts[[Path(n).stem for n in runner.cfg.classify.attempts].index(attempt_id)]
+    variants = {}
+    for side, longtail in (("without", "none"), ("with", method)):
+        if own == longtail:
+            variants[side] = entry
+        else:
+            a = load_attempt(name, runner.cfg.classify, longtail=longtail)
+            variants[side] = runner.protocol(a, f"{attempt_id}+{longtail}", folds)
+    (without, basis), (with_, _) = _recall(variants["without"]), _recall(variants["with"])
+    return {"attempt": attempt_id, "method": method, "basis": basis, "without": without, "with": with_,
+            "runs": {side: v["tag"] for side, v in variants.items()},
+            "wall_s": round(sum(v["wall_s"] for v in variants.values() if v is not entry), 3)}
