@@ -304,7 +304,7 @@ def validate(model: type[M], merged: dict[str, Any], layers: list[tuple[str, dic
             msg = f"missing key (every key needs a default in {layers[0][0]})"
         else:
             got = err.get("input")
-            msg = f"{err['msg']} (got {got!r})"
+            msg = f"{err['msg'].removeprefix('Value error, ')} (got {got!r})"
         raise ConfigError(f"{source}: {key}: {msg}") from None
 
 

@@ -2,7 +2,9 @@
 
 An attempt is everything that distinguishes one recipe from another (backbones, head, schedule, loss,
 augmentation, long-tail method). The ``classify`` section of the main config may override epochs, image
-size, batch and long-tail method for every attempt at once (profiles use that to shrink a run).
+size, batch and long-tail method for every attempt at once (profiles use that to shrink a run); a changed
+epoch count scales the recipe's epoch-counted schedule (stage-one length, unfreezing interval, restart
+period, plateau patience) with it, so a 4-epoch run of attempt A still unfreezes its backbone.
 """
 
 from __future__ import annotations
@@ -107,10 +109,24 @@ def load_attempt(name: str, c: ClassifyConfig, longtail: str | None = None) -> A
     if overrides:
         layers.append(("classify section of the config", overrides))
     merged: dict[str, Any] = {}
-    for _, layer in layers:
+    for _, layer in layers[:2]:
         merged = merge(merged, layer)
+    if c.epochs is not None and isinstance(merged.get("epochs"), int) and merged["epochs"] != c.epochs:
+        overrides.update(_rescaled(merged, c.epochs / merged["epochs"]))
+    merged = merge(merged, overrides)
     merged.update(id=Path(name).stem, source=str(path))
     return validate(Attempt, merged, layers)
+
+
+def _rescaled(recipe: dict[str, Any], ratio: float) -> dict[str, Any]:
+    """A shorter (or longer) run keeps the recipe's shape: its epoch-counted schedule scales with it."""
+    def scale(v: Any, floor: int) -> Any:
+        return max(floor, round(v * ratio)) if isinstance(v, int) and v > 0 else v
+
+    sched = recipe.get("scheduler") or {}
+    return {"freeze_epochs": scale(recipe.get("freeze_epochs"), 1), "unfreeze_every": scale(recipe.get("unfreeze_every"), 1),
+            "scheduler": {"t0": scale(sched.get("t0"), 1), "patience": max(0, round(sched.get("patience", 0) * ratio))
+                          if isinstance(sched.get("patience"), int) else sched.get("patience")}}
 
 
 def load_attempts(c: ClassifyConfig) -> list[Attempt]:

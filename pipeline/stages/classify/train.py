@@ -122,7 +122,7 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
             k = open_stages(a, epoch, model.depth)
             model.open_stages(k)
             if k != opened:  # DDP registers the trainable parameters when wrapped: wrap again when they change
-                net = DistributedDataParallel(model, find_unused_parameters=True) if d.enabled else model
+                net = DistributedDataParallel(model) if d.enabled else model
                 opened = k
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
