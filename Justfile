@@ -3,23 +3,24 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 
 category := env_var_or_default("CATEGORY", "bottle")
-# the training stages' profile: cpu (the embedded default: small images, few epochs, random init allowed)
-profile := env_var_or_default("PROFILE", "cpu")
+# auto: full with CUDA, else cpu (the embedded default: small images, few epochs, random init allowed); or tiny
+profile := env_var_or_default("PROFILE", "auto")
 
 # list the recipes
 default:
     @just --list
 
-# the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in
-all: stats convert finetune-yolo finetune-sam
+# the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in;
+# up-to-date steps are skipped (PIPE_FORCE=1 just all redoes everything); logs in runs/<category>/logs/
+all: stats convert finetune-yolo finetune-sam classify report
 
 # dataset card (falls back to the synthetic stand-in when no real data is present)
 stats *ARGS:
-    pipe stats {{category}} --fallback-synthetic {{ARGS}}
+    pipe stats {{category}} --fallback-synthetic --profile {{profile}} {{ARGS}}
 
 # masks to YOLO boxes/polygons and COCO instances under datasets/<category>/, with splits.json
 convert *ARGS:
-    pipe convert {{category}} --fallback-synthetic --preview 2 {{ARGS}}
+    pipe convert {{category}} --fallback-synthetic --preview 2 --profile {{profile}} {{ARGS}}
 
 # YOLO-World: zero-shot baseline, fine-tune, test mAP (runs/<category>/yolo/)
 finetune-yolo *ARGS:
@@ -28,6 +29,18 @@ finetune-yolo *ARGS:
 # SAM: zero-shot vs fine-tuned decoder, prompted by true boxes and by the YOLO boxes (runs/<category>/sam/)
 finetune-sam *ARGS:
     pipe finetune sam {{category}} --profile {{profile}} {{ARGS}}
+
+# four backbone recipes, shared split + K-fold CV + long-tail comparison (runs/<category>/classify/)
+classify *ARGS:
+    pipe classify {{category}} --profile {{profile}} {{ARGS}}
+
+# classification images per second per attempt, and the image cache (prints a table, writes bench/results/)
+bench-classify *ARGS:
+    python bench/classify.py --category {{category}} {{ARGS}}
+
+# report.md, a self-contained report.html and summary.json under runs/<category>/
+report *ARGS:
+    pipe report {{category}} --profile {{profile}} {{ARGS}}
 
 # SAM epoch time with and without the embedding cache (prints a table, writes bench/results/)
 bench-sam *ARGS:

@@ -6,8 +6,10 @@ value in ``configs/default.yaml`` can be changed for one run without editing a f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,7 +39,8 @@ ConfigFiles = Annotated[
                                          "(repeatable; later files win)."),
 ]
 Profile = Annotated[
-    Optional[str], typer.Option("--profile", "-p", help="A profile from configs/profiles/: tiny, cpu or full.")
+    Optional[str], typer.Option("--profile", "-p", help="A profile from configs/profiles/: tiny, cpu or full; auto: full "
+                                                      "when CUDA is present, else cpu.")
 ]
 Sets = Annotated[
     Optional[list[str]],
@@ -64,6 +67,8 @@ Dataset = Annotated[Optional[Path], typer.Option(help="Converted dataset folder 
 Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<category>/<stage>).")]
 Epochs = Annotated[Optional[int], typer.Option(help="Training epochs (overrides the config).")]
 Batch = Annotated[Optional[int], typer.Option(help="Batch size (overrides the config).")]
+Force = Annotated[bool, typer.Option(help="Run even if the outputs are up to date with the inputs and config "
+                                          "(also PIPE_FORCE=1).")]
 NprocPerNode = Annotated[int, typer.Option("--nproc-per-node", help="Train with DDP in N processes (relaunches "
                                                                     "under torchrun; NCCL on CUDA, gloo on CPU).")]
 
@@ -78,12 +83,41 @@ def _config(category: str, config: list[Path] | None, profile: str | None, sets:
     return load_config(category, profile, config or [], [*(sets or []), *extra])
 
 
-def _open(category: str, config, profile, sets, root, fallback_synthetic: bool):
-    """The config and the validated category (real, or the synthetic stand-in when allowed)."""
-    from pipeline.data.source import open_category
+@contextlib.contextmanager
+def _stage(cfg, stage: str, folder: Path, inputs: list[Path], outputs: list[Path], force: bool,
+           device: str = "") -> Iterator[bool]:
+    """Yield False (and say so) when the stage is up to date; else run it under its log and stamp it on success."""
+    import os
 
-    cfg = _config(category, config, profile, sets, root=root)
-    return cfg, open_category(cfg, fallback_synthetic)
+    from pipeline.config import dump
+    from pipeline.console import logged
+    from pipeline.uptodate import Freshness
+
+    fresh = Freshness(stage, dump(cfg), device, folder, inputs, outputs, force)
+    if fresh.skip():
+        info(f"[bold]{stage}[/] up to date ({folder}); skipped. --force (or PIPE_FORCE=1) redoes it")
+        yield False
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    logs = Path(cfg.paths.runs) / cfg.category / "logs"
+    with logged(logs / (f"{stage}.log" if rank == 0 else f"{stage}.rank{rank}.log"), stage):
+        yield True
+    if rank == 0:
+        fresh.mark()
+
+
+def _category_folder(cfg, fallback_synthetic: bool) -> Path:
+    """The category folder a run will read (the synthetic stand-in's when the real one is absent and allowed)."""
+    from pipeline.data.layout import resolve_root
+
+    real = resolve_root(cfg.data.root) / cfg.category
+    return real if real.is_dir() or not fallback_synthetic else Path(cfg.data.synthetic_root) / cfg.category
+
+
+def _device(cfg) -> str:
+    from pipeline.device import select_device
+
+    return select_device(cfg.device)
 
 
 @app.command()
@@ -93,6 +127,7 @@ def stats(
     out: Annotated[Optional[Path], typer.Option(help="Folder for card.md and card.json (default: runs/<category>/stats).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON on stdout instead of Markdown.")] = False,
     fallback_synthetic: FallbackSynthetic = False,
+    force: Force = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
@@ -102,14 +137,21 @@ def stats(
 
     from pipeline.data.stats import card_markdown, dataset_card, write_card
 
-    cfg, cat = _open(category, config, profile, set_, root, fallback_synthetic)
-    card = dataset_card(cat, cfg.classes)
-    md_path = write_card(card, out or Path(cfg.paths.runs) / category / "stats")[1]
-    if as_json:
-        sys.stdout.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    else:
-        console.print(Markdown(card_markdown(card)))
-    info(f"wrote {md_path} and {md_path.with_suffix('.json')}")
+    cfg = _config(category, config, profile, set_, root=root)
+    target = out or Path(cfg.paths.runs) / category / "stats"
+    with _stage(cfg, "stats", target, [_category_folder(cfg, fallback_synthetic)], [target / "card.json"],
+                force and not as_json) as run:
+        if not run and not as_json:
+            return
+        from pipeline.data.source import open_category
+
+        card = dataset_card(open_category(cfg, fallback_synthetic), cfg.classes)
+        md_path = write_card(card, target)[1]
+        if as_json:
+            sys.stdout.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        else:
+            console.print(Markdown(card_markdown(card)))
+        info(f"wrote {md_path} and {md_path.with_suffix('.json')}")
 
 
 @app.command()
@@ -120,20 +162,31 @@ def convert(
     preview: Annotated[Optional[int], typer.Option(help="Write this many overlays per defect class to <out>/preview/.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (0: one per core for large categories).")] = None,
     fallback_synthetic: FallbackSynthetic = False,
+    force: Force = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
 ) -> None:
     """Convert masks to YOLO boxes, YOLO polygons and COCO instances, with the shared splits.json."""
+    from pipeline.data.source import open_category
+
+    cfg = _config(category, config, profile, set_, root=root,
+                  **{"convert.preview": preview, "convert.workers": workers})
+    target = out or Path(cfg.paths.datasets) / category
+    with _stage(cfg, "convert", target, [_category_folder(cfg, fallback_synthetic)],
+                [target / "convert_report.json", target / "splits.json"], force) as run:
+        if run:
+            _convert(cfg, open_category(cfg, fallback_synthetic), target)
+
+
+def _convert(cfg, cat, target: Path) -> None:
     from pipeline.convert.instances import ConvertParams
     from pipeline.convert.run import run_convert
 
-    cfg, cat = _open(category, config, profile, set_, root, fallback_synthetic)
     c = cfg.convert
     params = ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou, c.yolo_seg_min_iou)
-    target = out or Path(cfg.paths.datasets) / category
     report = run_convert(cat, target, params, c.split.model_dump(), cfg.seed, c.add_train_good, c.link,
-                         c.workers if workers is None else workers, c.preview if preview is None else preview)
+                         c.workers, c.preview)
     f = report["fidelity"]
     info(f"{f['instances']} instances in {sum(report['images_per_split'].values())} images "
          f"({report['images_per_split']}); COCO IoU min {f['coco_iou_min']}, YOLO-seg IoU min "
@@ -225,6 +278,7 @@ def finetune_yolo(
     allow_random_init: AllowRandomInit = None,
     dataset: Dataset = None,
     out: Out = None,
+    force: Force = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
@@ -235,7 +289,19 @@ def finetune_yolo(
     cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
                   **{"yolo.model": model, "yolo.epochs": epochs, "yolo.imgsz": imgsz, "yolo.batch": batch})
     target = out or Path(cfg.paths.runs) / category / "yolo"
-    m = run_finetune_yolo(cfg, dataset or Path(cfg.paths.datasets) / category, target, resume=resume)
+    data = dataset or Path(cfg.paths.datasets) / category
+    with _stage(cfg, "yolo", target, [*_converted(data), Path(cfg.paths.weights)], [target / "metrics.json"],
+                force or resume, _device(cfg)) as run:
+        if run:
+            _report_yolo(run_finetune_yolo(cfg, data, target, resume=resume), target)
+
+
+def _converted(dataset: Path) -> list[Path]:
+    """What a training stage reads from the converted dataset (its splits and labels, by content)."""
+    return [dataset / "splits.json", dataset / "convert_report.json"]
+
+
+def _report_yolo(m: dict, target: Path) -> None:
     info(f"test mAP50 zero-shot {m['zero_shot']['map50']:.3f} -> fine-tuned {m['finetuned']['map50']:.3f} "
          f"(mAP50-95 {m['zero_shot']['map50_95']:.3f} -> {m['finetuned']['map50_95']:.3f}); "
          f"{m['timing_s']['total']} s")
@@ -258,6 +324,7 @@ def finetune_sam(
     allow_random_init: AllowRandomInit = None,
     dataset: Dataset = None,
     out: Out = None,
+    force: Force = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
@@ -274,8 +341,11 @@ def finetune_sam(
                   **{"sam.model": model, "sam.epochs": epochs, "sam.batch": batch, "sam.accumulate": accumulate,
                      "sam.unfreeze_blocks": unfreeze_blocks})
     target = out or Path(cfg.paths.runs) / category / "sam"
-    m = run_finetune_sam(cfg, dataset or Path(cfg.paths.datasets) / category, target, resume=resume,
-                         detections=detections)
+    data = dataset or Path(cfg.paths.datasets) / category
+    dets = detections or Path(cfg.paths.runs) / category / "yolo" / "detections_test.json"
+    with _stage(cfg, "sam", target, [*_converted(data), Path(cfg.paths.weights), dets], [target / "metrics.json"],
+                force or resume, _device(cfg)) as run:
+        m = run_finetune_sam(cfg, data, target, resume=resume, detections=detections) if run else None
     if m is not None:
         info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
              f"{m['timing_s']['total']} s")
@@ -298,6 +368,7 @@ def classify(
     allow_random_init: AllowRandomInit = None,
     dataset: Dataset = None,
     out: Out = None,
+    force: Force = False,
     config: ConfigFiles = None,
     profile: Profile = None,
     set_: Sets = None,
@@ -315,7 +386,13 @@ def classify(
                   **{"classify.attempts": names, "classify.folds": folds, "classify.longtail": longtail,
                      "classify.epochs": epochs, "classify.imgsz": imgsz, "classify.batch": batch})
     target = out or Path(cfg.paths.runs) / category / "classify"
-    m = run_classify(cfg, dataset or Path(cfg.paths.datasets) / category, target, resume=resume)
+    data = dataset or Path(cfg.paths.datasets) / category
+    from pipeline.stages.classify.attempts import ATTEMPT_DIR
+
+    with _stage(cfg, "classify", target, [*_converted(data), Path(cfg.paths.weights), ATTEMPT_DIR,
+                                          *(Path(a) for a in cfg.classify.attempts if a.endswith((".yaml", ".yml")))],
+                [target / "metrics.json"], force or resume, _device(cfg)) as run:
+        m = run_classify(cfg, data, target, resume=resume) if run else None
     if m is not None:
         console.print(m["summary_text"])
         info(f"wrote {target}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
@@ -340,6 +417,29 @@ def _relaunch_under_torchrun(nproc: int) -> None:
            "-m", "pipeline", *args]
     info("launching: " + " ".join(cmd))
     raise SystemExit(subprocess.call(cmd))
+
+
+@app.command()
+def report(
+    category: Category = "bottle",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for report.md, report.html and summary.json (default: runs/<category>).")] = None,
+    force: Force = False,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Gather every stage's numbers into report.md, a self-contained report.html and summary.json."""
+    from pipeline.report.build import build_report, inputs
+
+    cfg = _config(category, config, profile, set_)
+    target = out or Path(cfg.paths.runs) / category
+    with _stage(cfg, "report", target, list(inputs(cfg).values()),
+                [target / "report.md", target / "report.html", target / "summary.json"], force) as run:
+        if run:
+            summary = build_report(cfg, target)
+            for caveat in summary["caveats"]:
+                info(f"[bold red]numbers from {caveat}[/]")
+            info(f"wrote {target}/report.md, report.html, summary.json")
 
 
 @app.command()

@@ -5,7 +5,7 @@ default cannot drift between code and YAML. Layers, later wins:
 
 1. ``configs/default.yaml``
 2. ``configs/<category>.yaml`` (if present: class prompts and category specifics)
-3. ``configs/profiles/<profile>.yaml`` (``--profile``: cpu, full, tiny)
+3. ``configs/profiles/<profile>.yaml`` (``--profile``: cpu, full, tiny; ``auto``: full with CUDA, else cpu)
 4. ``--config FILE`` (any number)
 5. ``--set key.sub=value`` overrides from the command line (values parsed as YAML)
 
@@ -265,6 +265,10 @@ def load_config(
     category_file = CONFIG_DIR / f"{category}.yaml"
     if category_file.is_file():
         layers.append((str(category_file), read_yaml(category_file)))
+    if profile == "auto":  # the full recipe where there is a GPU, the CPU-sized one elsewhere
+        import torch
+
+        profile = "full" if torch.cuda.is_available() else "cpu"
     if profile:
         profile_file = CONFIG_DIR / "profiles" / f"{profile}.yaml"
         if not profile_file.is_file():

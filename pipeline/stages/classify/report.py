@@ -1,4 +1,4 @@
-"""What ``pipe classify`` writes for a reader: the attempts table, the generated summary, confusion plots.
+"""What ``pipe classify`` writes for a reader: the attempts table and the generated summary.
 
 The summary is computed from the numbers, never typed: it names the best attempt by the selection
 basis (cross-validated macro-F1 when folds ran, else val macro-F1; never test), lists the
@@ -7,10 +7,7 @@ hyperparameters in which it differs from each other attempt, and says when the g
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-from pipeline.io import atomic_path
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -27,30 +24,33 @@ def weights_label(weights: list[dict[str, Any]]) -> str:
     return " + ".join(f"ImageNet ({w['enum'].split('.')[-1]})" if w["pretrained"] else "random init" for w in weights)
 
 
-def attempts_table(attempts: list[dict[str, Any]]) -> str:
+def attempts_rows(attempts: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The coursework table, one row per attempt, plus test macro-F1 and the cross-validated numbers."""
-    head = ("| id | resize | epochs | lr (backbone / head) | optimizer | batch size | backbone | weights | "
-            "train loss / acc | val loss / acc | test acc | test macro-F1 | CV acc (mean ± std) | CV macro-F1 |")
-    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    header = ["id", "resize", "epochs", "lr (backbone / head)", "optimizer", "batch size", "backbone", "weights",
+              "train loss / acc", "val loss / acc", "test acc", "test macro-F1", "CV acc (mean ± std)", "CV macro-F1"]
+    rows = []
     for a in attempts:
         h, s = a["hyperparameters"], a["split"]
         cv = a.get("cv") or {}
-        rows.append(
-            f"| {a['id']} | {h['imgsz']}×{h['imgsz']} | {h['epochs']} (best {s['best_epoch']}) | "
-            f"{h['lr_backbone']:g} / {h['lr_head']:g} | {h['optimizer']} | {h['batch']} | {h['backbone']} | "
-            f"{weights_label(a['weights'])} | {_f(s['train']['epoch_loss'])} / {_f(s['train']['epoch_acc'])} | "
-            f"{_f(s['val']['loss'])} / {_f(s['val']['accuracy'])} | {_f(s['test']['accuracy'])} | "
-            f"{_f(s['test']['macro_f1'])} | {_pm(cv.get('accuracy'))} | {_pm(cv.get('macro_f1'))} |")
-    return "\n".join(rows)
+        rows.append([a["id"], f"{h['imgsz']}×{h['imgsz']}", f"{h['epochs']} (best {s['best_epoch']})",
+                     f"{h['lr_backbone']:g} / {h['lr_head']:g}", h["optimizer"], str(h["batch"]), h["backbone"],
+                     weights_label(a["weights"]), f"{_f(s['train']['epoch_loss'])} / {_f(s['train']['epoch_acc'])}",
+                     f"{_f(s['val']['loss'])} / {_f(s['val']['accuracy'])}", _f(s["test"]["accuracy"]),
+                     _f(s["test"]["macro_f1"]), _pm(cv.get("accuracy")), _pm(cv.get("macro_f1"))])
+    return header, rows
 
 
-def recall_table(compare: dict[str, Any]) -> str:
-    names = list(compare["without"]["recall"])
-    rows = [f"| class | recall without | recall with {compare['method']} |", "|---|---|---|"]
-    rows += [f"| {n} | {_f(compare['without']['recall'][n])} | {_f(compare['with']['recall'][n])} |" for n in names]
-    for key in ("balanced_accuracy", "macro_f1"):
-        rows.append(f"| **{key.replace('_', ' ')}** | {_f(compare['without'][key])} | {_f(compare['with'][key])} |")
-    return "\n".join(rows)
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def recall_rows(compare: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per-class recall without and with the long-tail method, then the two balanced summaries."""
+    rows = [[n, _f(compare["without"]["recall"][n]), _f(compare["with"]["recall"][n])] for n in compare["without"]["recall"]]
+    rows += [[f"**{k.replace('_', ' ')}**", _f(compare["without"][k]), _f(compare["with"][k])]
+             for k in ("balanced_accuracy", "macro_f1")]
+    return ["class", "recall without", f"recall with {compare['method']}"], rows
 
 
 def _basis(a: dict[str, Any]) -> tuple[float, float | None, str]:
@@ -85,40 +85,13 @@ def summary(attempts: list[dict[str, Any]], caveats: list[str]) -> tuple[str, di
                               "ranking": [a["id"] for a in ranked], "differences": differences}
 
 
-def plot_confusion(matrix: list[list[int]], names: list[str], title: str, path: Path) -> Path:
-    """The confusion matrix as an annotated heat map (rows true, columns predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.1 * n + 1.5), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    top = max(max(row) for row in matrix) or 1
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
-                    color="white" if matrix[i][j] > top / 2 else "black")
-    ax.set_xticks(range(n), names, rotation=30, ha="right")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
-
-
 def markdown(metrics: dict[str, Any]) -> str:
     """``attempts.md``: the table, the summary, the cross-validation detail and the long-tail comparison."""
     parts = [f"# Classification: {metrics['category']} ({', '.join(metrics['classes'])})", ""]
     parts += [f"> {c}" for c in metrics["caveats"]] + ([""] if metrics["caveats"] else [])
-    parts += ["## Attempts", "", attempts_table(metrics["attempts"]), "", "## Summary", "", metrics["summary_text"], ""]
+    parts += ["## Attempts", "", md_table(*attempts_rows(metrics["attempts"])), "", "## Summary", "", metrics["summary_text"], ""]
     if metrics.get("compare"):
         c = metrics["compare"]
         parts += [f"## Long tail: attempt {c['attempt']} without and with {c['method']}", "",
-                  f"Per-class recall on {c['basis']}.", "", recall_table(c), ""]
+                  f"Per-class recall on {c['basis']}.", "", md_table(*recall_rows(c)), ""]
     return "\n".join(parts)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline import plots
 from pipeline.config import Config
 from pipeline.console import info, loud
 from pipeline.device import select_device
@@ -136,17 +137,17 @@ def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False
     for cav in caveats:
         loud(f"Classification: {cav}.")
     text, facts = report.summary(entries, caveats)
-    plots = {}
+    figures = {}
     for e in entries:
-        plots[e["id"]] = str(report.plot_confusion(e["split"]["test"]["confusion"], data.classes,
-                                                   f"{e['id']}: test split", out / "confusion" / f"{e['id']}.png"))
+        figures[e["id"]] = str(plots.confusion(e["split"]["test"]["confusion"], data.classes,
+                                               f"{e['id']}: test split", out / "confusion" / f"{e['id']}.png"))
         if e["cv"]:
-            plots[f"{e['id']}-cv"] = str(report.plot_confusion(
+            figures[f"{e['id']}-cv"] = str(plots.confusion(
                 e["cv"]["pooled"]["confusion"], data.classes, f"{e['id']}: pooled {e['cv']['folds']} folds",
                 out / "confusion" / f"{e['id']}-cv.png"))
     metrics = {**record, "classes": data.classes, "images": counts, "folds": c.folds, "attempts": entries,
                "compare": compare, "summary": facts, "summary_text": text, "caveats": caveats,
-               "confusion_plots": plots, "processes": d.world,
+               "confusion_plots": figures, "processes": d.world,
                "cache": {"enabled": runner.cache.enabled, "hits": runner.cache.hits, "misses": runner.cache.misses},
                "timing_s": phases.record()}
     write_text(out / "attempts.md", report.markdown(metrics))

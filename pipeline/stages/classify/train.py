@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from pipeline.console import progress
+from pipeline.console import log_only, progress
 from pipeline.metrics.classification import classification_metrics
 from pipeline.stages.classify.attempts import Attempt
 from pipeline.stages.classify.data import EpochSampler, Fold, ImageCache, Images, Sample
@@ -152,6 +152,7 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
                    "val_loss": val["loss"], "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"],
                    "lr_backbone": optimizer.param_groups[0]["lr"], "lr_head": optimizer.param_groups[1]["lr"]}
             history.append(row)
+            log_only(f"{label} " + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             key = _selection(val, o.select)
             if best is None or key > best[0]:
                 best = (key, epoch + 1, copy.deepcopy({k_: v.detach().cpu() for k_, v in model.state_dict().items()}))

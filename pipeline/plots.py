@@ -1,0 +1,63 @@
+"""Figures shared by the stages and the report (matplotlib, headless), each written atomically as PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], title: str, path: Path) -> Path:
+    """A confusion matrix as an annotated heat map (rows true, columns predicted)."""
+    plt = _pyplot()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.1 * n + 1.5), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    top = max(max(row) for row in matrix) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                    color="white" if matrix[i][j] > top / 2 else "black")
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pr_curves(curves: dict[str, dict[str, Sequence[float]]], title: str, path: Path) -> Path:
+    """Precision against recall, one line per named curve (``{"recall": [...], "precision": [...]}``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=100)
+    for name, c in curves.items():
+        ax.plot(c["recall"], c["precision"], label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title, fontsize=10)
+    if curves:
+        ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

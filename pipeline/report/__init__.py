@@ -1,0 +1,1 @@
+"""The report: every stage's measured numbers in one Markdown file, one self-contained HTML file and one JSON summary."""

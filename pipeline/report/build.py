@@ -1,0 +1,96 @@
+"""``pipe report``: every stage's outputs gathered into ``report.md``, a self-contained ``report.html`` and ``summary.json``.
+
+The report only reads what the stages wrote (``runs/<category>/<stage>/metrics.json``, the dataset card,
+the conversion report); it trains nothing and measures nothing itself. Its first lines say, in words,
+when the numbers come from synthetic data or untrained weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.io import read_json, write_json, write_text
+from pipeline.report import sections
+from pipeline.report.document import Document
+
+STAGES = ("yolo", "sam", "classify")
+
+
+def inputs(cfg: Config) -> dict[str, Path]:
+    """Every file the report reads, by name (what the up-to-date check of ``pipe report`` hashes)."""
+    runs = Path(cfg.paths.runs) / cfg.category
+    return {"card": runs / "stats" / "card.json",
+            "convert": Path(cfg.paths.datasets) / cfg.category / "convert_report.json",
+            **{s: runs / s / "metrics.json" for s in STAGES}}
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return read_json(path) if path.is_file() else None
+
+
+def caveats(loaded: dict[str, dict[str, Any] | None]) -> list[str]:
+    """What makes the numbers not about real defects: synthetic data, untrained weights (in words)."""
+    out = []
+    kinds = {m["data"]["provenance"] for m in (loaded[s] for s in STAGES) if m} | (
+        {loaded["convert"]["data"]["kind"]} if loaded["convert"] else set())
+    if "synthetic" in kinds:
+        out.append("synthetic data (the generated stand-in for the category, not MVTec AD images)")
+    untrained = []
+    for s in ("yolo", "sam"):
+        if loaded[s] and not loaded[s]["weights"]["pretrained"]:
+            untrained.append(f"{s} ({loaded[s]['weights']['name']})")
+    if loaded["yolo"] and not loaded["yolo"]["text_embeddings"]["meaningful"]:
+        untrained.append("YOLO-World class prompts (stand-in text embeddings)")
+    if loaded["classify"]:
+        names = sorted({w["name"] for a in loaded["classify"]["attempts"] for w in a["weights"] if not w["pretrained"]})
+        untrained += [f"classify ({', '.join(names)})"] if names else []
+    if untrained:
+        out.append("untrained, randomly initialised weights for " + "; ".join(untrained))
+    return out
+
+
+def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str]) -> dict[str, Any]:
+    """summary.json: the numbers a dashboard or a regression check reads, with what they mean."""
+    y, s, c = loaded["yolo"], loaded["sam"], loaded["classify"]
+    best = next((a for a in c["attempts"] if a["id"] == c["summary"]["best"]), None) if c else None
+    return {
+        "category": next((m["category"] for m in loaded.values() if m and "category" in m), None),
+        "meaningful": not notes, "caveats": notes,
+        "detection": None if y is None else {
+            "map50_zero_shot": y["zero_shot"]["map50"], "map50_finetuned": y["finetuned"]["map50"],
+            "map50_95_zero_shot": y["zero_shot"]["map50_95"], "map50_95_finetuned": y["finetuned"]["map50_95"]},
+        "segmentation": None if s is None else {
+            "iou_zero_shot": s["zero_shot"]["mean_iou"], "iou_finetuned": s["finetuned"]["mean_iou"],
+            "dice_finetuned": s["finetuned"]["mean_dice"], "mask_ap50_finetuned": s["finetuned"]["mask_ap"]["map50"],
+            "iou_detector_prompted": (s.get("detector_prompted") or {}).get("mean_iou")},
+        "classification": None if best is None else {
+            "best_attempt": best["id"], "basis": c["summary"]["basis"], "test_accuracy": best["split"]["test"]["accuracy"],
+            "cv_accuracy": (best.get("cv") or {}).get("accuracy"), "cv_macro_f1": (best.get("cv") or {}).get("macro_f1")},
+        "wall_s": {k: (m.get("timing_s") or {}).get("total") for k, m in loaded.items() if m and "timing_s" in m},
+        "device": next((m["device"] for m in (y, s, c) if m), None),
+    }
+
+
+def build_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
+    """Write ``report.md``, ``report.html``, ``summary.json`` (and the figures) to ``runs/<category>/``."""
+    out = Path(out) if out else Path(cfg.paths.runs) / cfg.category
+    loaded = {k: _load(p) for k, p in inputs(cfg).items()}
+    notes = caveats(loaded)
+    doc = Document(f"pipe report: {cfg.category}")
+    sections.headline(doc, notes)
+    sections.dataset(doc, loaded["card"])
+    sections.converted(doc, loaded["convert"])
+    sections.detection(doc, loaded["yolo"], out / "figures")
+    sections.segmentation(doc, loaded["sam"])
+    sections.classification(doc, loaded["classify"])
+    sections.overlays(doc, loaded["yolo"], loaded["sam"])
+    stages = {"stats": loaded["card"], "convert": loaded["convert"], **{s: loaded[s] for s in STAGES}}
+    sections.environment(doc, stages)
+    sections.provenance(doc, stages)
+    summary = headline_numbers(loaded, notes)
+    write_text(out / "report.md", doc.markdown(out))
+    write_text(out / "report.html", doc.html())
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,181 @@
+"""One function per report section, each reading only the files its stage wrote.
+
+A stage that has not run gives a section that says so and names the command that fills it, never a
+number from somewhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline import plots
+from pipeline.report.document import Document, cell
+from pipeline.stages.classify.report import attempts_rows, recall_rows
+
+Stage = dict[str, Any] | None
+
+
+def _missing(doc: Document, what: str, command: str) -> None:
+    doc.text(f"Not run yet: `{command}` writes {what}.")
+
+
+def headline(doc: Document, caveats: list[str]) -> None:
+    if caveats:
+        doc.callout("These numbers come from " + " and ".join(caveats) + ". They show that the pipeline runs "
+                    "end to end; they say nothing about how well it finds real defects.")
+    else:
+        doc.text("All numbers below were measured on the genuine MVTec AD images with pretrained weights.")
+
+
+def dataset(doc: Document, card: Stage) -> None:
+    doc.heading("Dataset")
+    if card is None:
+        return _missing(doc, "the dataset card", "pipe stats <category>")
+    data = card.get("data") or {}
+    names = [c["name"] for c in card["classes"]]
+    sizes = ", ".join(f"{k} px ({v})" for k, v in card["images"]["sizes"].items())
+    doc.text(f"**{card['category']}** ({card.get('kind', '')}), {data.get('kind', 'unknown')} data from "
+             f"`{data.get('root', '')}`: {card['total_images']} images ({sizes}, {card['images']['mode']}); "
+             f"classes: {', '.join(names)}.")
+    doc.table(*_by_class(card["counts"]))
+    masks = {k: v for k, v in card.get("masks", {}).items() if k != "all"}
+    if masks:
+        doc.table(["defect", "masks", "defect area, median % of image", "components per mask, mean"],
+                  [[k, v["area_frac"]["n"], 100 * v["area_frac"]["median"], v["components"]["mean"]]
+                   for k, v in masks.items()])
+    if data.get("license"):
+        doc.text(f"Licence: {data['license']}.")
+
+
+def _by_class(per_split: dict[str, dict[str, int]]) -> tuple[list[str], list[list[Any]]]:
+    """``{split: {class: n}}`` as a table with one row per class and one column per split."""
+    splits = list(per_split)
+    classes = list(dict.fromkeys(c for counts in per_split.values() for c in counts))
+    return ["class", *splits], [[c, *(per_split[s].get(c, 0) for s in splits)] for c in classes]
+
+
+def converted(doc: Document, report: Stage) -> None:
+    doc.heading("Converted dataset")
+    if report is None:
+        return _missing(doc, "YOLO and COCO datasets", "pipe convert <category>")
+    doc.text(f"Images per split: {', '.join(f'{s} {n}' for s, n in report['images_per_split'].items())}; "
+             f"{report['fidelity']['instances']} defect instances, per class and split:")
+    doc.table(*_by_class(report["instances_per_class"]))
+    f = report["fidelity"]
+    doc.table(["fidelity check", "value"], [
+        ["instances checked", f.get("instances")], ["COCO polygon IoU, minimum", f.get("coco_iou_min")],
+        ["YOLO-seg polygon IoU, minimum", f.get("yolo_seg_iou_min")], ["YOLO boxes exact", f.get("yolo_boxes_exact")]])
+
+
+def detection(doc: Document, yolo: Stage, figures: Path) -> None:
+    doc.heading("Detection (YOLO-World)")
+    if yolo is None:
+        return _missing(doc, "detection metrics", "pipe finetune yolo <category>")
+    z, f = yolo["zero_shot"], yolo["finetuned"]
+    doc.table(["model", "mAP50", "mAP50-95", "precision", "recall", "test images", "instances"],
+              [[name, m["map50"], m["map50_95"], m["precision"], m["recall"], m["images"], m["instances"]]
+               for name, m in (("zero-shot", z), ("fine-tuned", f))])
+    doc.table(["class", "AP50 zero-shot", "AP50 fine-tuned"],
+              [[c, z["ap50_per_class"].get(c), v] for c, v in f["ap50_per_class"].items()])
+    doc.bullets([f"Caveat: {c}" for c in z.get("caveats", [])])
+    pr = plots.pr_curves({"zero-shot": z["pr_curve"], "fine-tuned": f["pr_curve"]},
+                         "Detection PR curve (test split, IoU 0.5, mean over classes)", figures / "pr_curve.png")
+    doc.images([pr], "Precision-recall on the test split, before and after fine-tuning")
+
+
+def segmentation(doc: Document, sam: Stage) -> None:
+    doc.heading("Segmentation (SAM)")
+    if sam is None:
+        return _missing(doc, "segmentation metrics", "pipe finetune sam <category>")
+    modes = [("zero-shot, true boxes", sam["zero_shot"]), ("fine-tuned, true boxes", sam["finetuned"])]
+    if sam.get("detector_prompted"):
+        modes.append(("fine-tuned, YOLO boxes", sam["detector_prompted"]))
+    doc.table(["model and prompts", "instance IoU", "Dice", "mask AP50", "mask AP", "instances", "missed"],
+              [[n, m["mean_iou"], m["mean_dice"], m["mask_ap"]["map50"], m["mask_ap"]["map"], m["instances"],
+                m.get("missed_instances")] for n, m in modes])
+    classes = list(sam["finetuned"]["per_class"])
+    doc.table(["class", *(f"{n}: IoU / Dice" for n, _ in modes)],
+              [[c, *(f"{cell(m['per_class'].get(c, {}).get('iou'))} / {cell(m['per_class'].get(c, {}).get('dice'))}"
+                     for _, m in modes)] for c in classes])
+    if not sam.get("detector_prompted"):
+        doc.text("Detector-prompted segmentation needs the YOLO detections: run `pipe finetune yolo` first.")
+    doc.bullets([f"Caveat: {c}" for c in sam["zero_shot"].get("caveats", [])])
+
+
+def classification(doc: Document, cls: Stage) -> None:
+    doc.heading("Classification (good vs each defect)")
+    if cls is None:
+        return _missing(doc, "the backbone comparison", "pipe classify <category>")
+    doc.text(f"Images: {', '.join(f'{k} {v}' for k, v in cls['images'].items())}; classes: "
+             f"{', '.join(cls['classes'])}.")
+    doc.table(*attempts_rows(cls["attempts"]))
+    first, *rest = cls["summary_text"].splitlines()
+    doc.text(first)
+    doc.bullets([line.removeprefix("- ") for line in rest])
+    if cls.get("folds"):
+        doc.table(["attempt", "folds", "accuracy", "balanced accuracy", "macro-F1"],
+                  [[a["id"], a["cv"]["folds"], *(f"{cell(a['cv'][k]['mean'])} ± {cell(a['cv'][k]['std'])}"
+                                                 for k in ("accuracy", "balanced_accuracy", "macro_f1"))]
+                   for a in cls["attempts"] if a.get("cv")])
+    c = cls.get("compare")
+    if c:
+        doc.heading(f"Long tail: attempt {c['attempt']} without and with {c['method']}", 3)
+        doc.text(f"Per-class recall on {c['basis']}.")
+        doc.table(*recall_rows(c))
+    plots_ = cls.get("confusion_plots", {})
+    doc.images([Path(p) for k, p in plots_.items() if k.endswith("-cv")] or [Path(p) for p in plots_.values()],
+               "Confusion matrices (rows true, columns predicted)")
+
+
+def overlays(doc: Document, yolo: Stage, sam: Stage, limit: int = 6) -> None:
+    doc.heading("Predictions on test images")
+    shown = False
+    for name, stage, what in (("YOLO-World", yolo, "predicted boxes (coloured) and true boxes (white)"),
+                              ("SAM", sam, "predicted masks over the true outlines")):
+        if stage and stage.get("overlays"):
+            doc.images([Path(p) for p in stage["overlays"][:limit]], f"{name}: {what}")
+            shown = True
+    if not shown:
+        doc.text("No overlays yet: the detection and segmentation stages write them.")
+
+
+def environment(doc: Document, stages: dict[str, Stage]) -> None:
+    doc.heading("Environment and timing")
+    ran = {k: v for k, v in stages.items() if v and "environment" in v}
+    if not ran:
+        return doc.text("No stage has run yet.")
+    env = next(iter(ran.values()))["environment"]
+    doc.table(["item", "value"], [["device", f"{env.get('device')} ({env.get('device_name')})"],
+                                  ["torch / CUDA", f"{env.get('torch')} / {env.get('cuda')}"],
+                                  ["python", env.get("python")], ["platform", env.get("platform")],
+                                  *[[p, v] for p, v in (env.get("packages") or {}).items()]])
+    doc.table(["stage", "device", "wall time (s)"],
+              [[k, v.get("device", v["environment"].get("device")), (v.get("timing_s") or {}).get("total")]
+               for k, v in ran.items()])
+
+
+def provenance(doc: Document, stages: dict[str, Stage]) -> None:
+    doc.heading("Provenance")
+    rows = []
+    for stage in ("yolo", "sam"):
+        m = stages.get(stage)
+        if m:
+            w = m["weights"]
+            rows.append([stage, w["name"], w["source"], w.get("file"), (w.get("sha256") or "")[:16] or None])
+    if stages.get("yolo"):
+        t = stages["yolo"]["text_embeddings"]
+        rows.append(["yolo prompts", "text embeddings", t["source"], t.get("file"), (t.get("sha256") or "")[:16] or None])
+    cls = stages.get("classify")
+    if cls:
+        seen = {}
+        for a in cls["attempts"]:
+            for w in a["weights"]:
+                seen[w["name"]] = w
+        rows += [["classify", n, w["source"], w.get("file"), (w.get("sha256") or "")[:16] or None]
+                 for n, w in seen.items()]
+    doc.table(["stage", "weights", "source", "file", "sha256 (prefix)"], rows)
+    data = next((v["data"] for v in stages.values() if v and "data" in v and "splits_sha256" in v.get("data", {})), None)
+    if data:
+        doc.text(f"Data: {data['provenance']} `{data['dataset']}`, splits.json sha256 "
+                 f"`{data['splits_sha256'][:16]}`, seed {data['seed']}.")
