@@ -284,8 +284,6 @@ def finetune_yolo(
     set_: Sets = None,
 ) -> None:
     """Fine-tune YOLO-World on the yolo-det boxes; score the zero-shot baseline and the result on the test split."""
-    from pipeline.stages.yolo.run import run_finetune_yolo
-
     cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
                   **{"yolo.model": model, "yolo.epochs": epochs, "yolo.imgsz": imgsz, "yolo.batch": batch})
     target = out or Path(cfg.paths.runs) / category / "yolo"
@@ -293,6 +291,8 @@ def finetune_yolo(
     with _stage(cfg, "yolo", target, [*_converted(data), Path(cfg.paths.weights)], [target / "metrics.json"],
                 force or resume, _device(cfg)) as run:
         if run:
+            from pipeline.stages.yolo.run import run_finetune_yolo
+
             _report_yolo(run_finetune_yolo(cfg, data, target, resume=resume), target)
 
 
@@ -335,8 +335,6 @@ def finetune_sam(
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(nproc_per_node)
         return
-    from pipeline.stages.sam.run import run_finetune_sam
-
     cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
                   **{"sam.model": model, "sam.epochs": epochs, "sam.batch": batch, "sam.accumulate": accumulate,
                      "sam.unfreeze_blocks": unfreeze_blocks})
@@ -345,6 +343,8 @@ def finetune_sam(
     dets = detections or Path(cfg.paths.runs) / category / "yolo" / "detections_test.json"
     with _stage(cfg, "sam", target, [*_converted(data), Path(cfg.paths.weights), dets], [target / "metrics.json"],
                 force or resume, _device(cfg)) as run:
+        if run:
+            from pipeline.stages.sam.run import run_finetune_sam
         m = run_finetune_sam(cfg, data, target, resume=resume, detections=detections) if run else None
     if m is not None:
         info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
@@ -379,8 +379,6 @@ def classify(
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(nproc_per_node)
         return
-    from pipeline.stages.classify.run import run_classify
-
     names = [a.strip() for a in attempts.split(",") if a.strip()] if attempts else None
     cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
                   **{"classify.attempts": names, "classify.folds": folds, "classify.longtail": longtail,
@@ -392,6 +390,8 @@ def classify(
     with _stage(cfg, "classify", target, [*_converted(data), Path(cfg.paths.weights), ATTEMPT_DIR,
                                           *(Path(a) for a in cfg.classify.attempts if a.endswith((".yaml", ".yml")))],
                 [target / "metrics.json"], force or resume, _device(cfg)) as run:
+        if run:
+            from pipeline.stages.classify.run import run_classify
         m = run_classify(cfg, data, target, resume=resume) if run else None
     if m is not None:
         console.print(m["summary_text"])
