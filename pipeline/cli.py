@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -100,10 +101,11 @@ def _stage(cfg, stage: str, folder: Path, inputs: list[Path], outputs: list[Path
         return
     rank = int(os.environ.get("RANK", "0"))
     logs = Path(cfg.paths.runs) / cfg.category / "logs"
+    start = time.perf_counter()
     with logged(logs / (f"{stage}.log" if rank == 0 else f"{stage}.rank{rank}.log"), stage):
         yield True
     if rank == 0:
-        fresh.mark()
+        fresh.mark(time.perf_counter() - start)
 
 
 def _category_folder(cfg, fallback_synthetic: bool) -> Path:

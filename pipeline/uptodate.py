@@ -73,8 +73,14 @@ def is_current(folder: Path, key: dict[str, Any], outputs: Iterable[Path]) -> bo
         return False
 
 
-def mark(folder: Path, key: dict[str, Any]) -> Path:
-    return write_json(Path(folder) / STAMP, {"digest": _digest(key), "key": key})
+def mark(folder: Path, key: dict[str, Any], wall_s: float | None = None) -> Path:
+    return write_json(Path(folder) / STAMP, {"digest": _digest(key), "key": key, "wall_s": wall_s})
+
+
+def wall_time(folder: Path) -> float | None:
+    """The wall time of the run that produced ``folder``'s outputs (what the report lists per stage)."""
+    stamp = Path(folder) / STAMP
+    return read_json(stamp).get("wall_s") if stamp.is_file() else None
 
 
 def forced(flag: bool) -> bool:
@@ -105,6 +111,7 @@ class Freshness:
             return False
         return is_current(self.folder, stage_key(self.stage, self.config, self.device, self.inputs), self.outputs)
 
-    def mark(self) -> Path:
+    def mark(self, wall_s: float | None = None) -> Path:
         """Keyed by the inputs as they are after the run (a stage may have generated one, e.g. synthetic data)."""
-        return mark(self.folder, stage_key(self.stage, self.config, self.device, self.inputs))
+        return mark(self.folder, stage_key(self.stage, self.config, self.device, self.inputs),
+                    None if wall_s is None else round(wall_s, 3))

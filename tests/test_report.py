@@ -123,7 +123,7 @@ def test_just_all_tiny_end_to_end_then_everything_is_skipped(tmp_path):
     summary = read_json(runs / "summary.json")
     assert summary["meaningful"] is False and summary["device"] == "cpu"
     assert summary["classification"]["best_attempt"] in "ABCD" and summary["detection"]["map50_finetuned"] >= 0
-    assert set(summary["wall_s"]) >= {"yolo", "sam", "classify"}
+    assert all(summary["wall_s"][k] > 0 for k in ("stats", "convert", "yolo", "sam", "classify"))
     for stage in ("stats", "convert", "yolo", "sam", "classify", "report"):
         assert f"{stage} finished after" in (runs / "logs" / f"{stage}.log").read_text()
     metrics = runs / "classify" / "metrics.json"

@@ -14,6 +14,7 @@ from pipeline.config import Config
 from pipeline.io import read_json, write_json, write_text
 from pipeline.report import sections
 from pipeline.report.document import Document
+from pipeline.uptodate import wall_time
 
 STAGES = ("yolo", "sam", "classify")
 
@@ -51,7 +52,8 @@ def caveats(loaded: dict[str, dict[str, Any] | None]) -> list[str]:
     return out
 
 
-def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str]) -> dict[str, Any]:
+def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
+                     walls: dict[str, float | None]) -> dict[str, Any]:
     """summary.json: the numbers a dashboard or a regression check reads, with what they mean."""
     y, s, c = loaded["yolo"], loaded["sam"], loaded["classify"]
     best = next((a for a in c["attempts"] if a["id"] == c["summary"]["best"]), None) if c else None
@@ -68,7 +70,7 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str])
         "classification": None if best is None else {
             "best_attempt": best["id"], "basis": c["summary"]["basis"], "test_accuracy": best["split"]["test"]["accuracy"],
             "cv_accuracy": (best.get("cv") or {}).get("accuracy"), "cv_macro_f1": (best.get("cv") or {}).get("macro_f1")},
-        "wall_s": {k: (m.get("timing_s") or {}).get("total") for k, m in loaded.items() if m and "timing_s" in m},
+        "wall_s": walls,
         "device": next((m["device"] for m in (y, s, c) if m), None),
     }
 
@@ -87,9 +89,10 @@ def build_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     sections.classification(doc, loaded["classify"])
     sections.overlays(doc, loaded["yolo"], loaded["sam"])
     stages = {"stats": loaded["card"], "convert": loaded["convert"], **{s: loaded[s] for s in STAGES}}
-    sections.environment(doc, stages)
+    walls = {k: wall_time(p.parent) for k, p in zip(("stats", "convert", *STAGES), inputs(cfg).values())}
+    sections.environment(doc, stages, walls)
     sections.provenance(doc, stages)
-    summary = headline_numbers(loaded, notes)
+    summary = headline_numbers(loaded, notes, walls)
     write_text(out / "report.md", doc.markdown(out))
     write_text(out / "report.html", doc.html())
     write_json(out / "summary.json", summary)

@@ -140,7 +140,7 @@ def overlays(doc: Document, yolo: Stage, sam: Stage, limit: int = 6) -> None:
         doc.text("No overlays yet: the detection and segmentation stages write them.")
 
 
-def environment(doc: Document, stages: dict[str, Stage]) -> None:
+def environment(doc: Document, stages: dict[str, Stage], walls: dict[str, float | None]) -> None:
     doc.heading("Environment and timing")
     ran = {k: v for k, v in stages.items() if v and "environment" in v}
     if not ran:
@@ -151,8 +151,10 @@ def environment(doc: Document, stages: dict[str, Stage]) -> None:
                                   ["python", env.get("python")], ["platform", env.get("platform")],
                                   *[[p, v] for p, v in (env.get("packages") or {}).items()]])
     doc.table(["stage", "device", "wall time (s)"],
-              [[k, v.get("device", v["environment"].get("device")), (v.get("timing_s") or {}).get("total")]
+              [[k, v.get("device", v["environment"].get("device")), walls.get(k) or (v.get("timing_s") or {}).get("total")]
                for k, v in ran.items()])
+    total = sum(w for w in walls.values() if w)
+    doc.text(f"Total wall time of the stages above: {total:.1f} s (each stage's full log: `logs/<stage>.log`).")
 
 
 def provenance(doc: Document, stages: dict[str, Stage]) -> None:
