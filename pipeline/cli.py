@@ -332,10 +332,7 @@ def finetune_sam(
     set_: Sets = None,
 ) -> None:
     """Fine-tune SAM's mask decoder on the COCO instances; IoU, Dice and mask AP on test, zero-shot vs fine-tuned."""
-    import os
-
-    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        _relaunch_under_torchrun(nproc_per_node)
+    if _relaunched(nproc_per_node):
         return
     cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
                   **{"sam.model": model, "sam.epochs": epochs, "sam.batch": batch, "sam.accumulate": accumulate,
@@ -345,9 +342,7 @@ def finetune_sam(
     dets = detections or Path(cfg.paths.runs) / category / "yolo" / "detections_test.json"
     with _stage(cfg, "sam", target, [*_converted(data), Path(cfg.paths.weights), dets], [target / "metrics.json"],
                 force or resume, _device(cfg)) as run:
-        if run:
-            from pipeline.stages.sam.run import run_finetune_sam
-        m = run_finetune_sam(cfg, data, target, resume=resume, detections=detections) if run else None
+        m = _sam_stage()(cfg, data, target, resume=resume, detections=detections) if run else None
     if m is not None:
         info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
              f"{m['timing_s']['total']} s")
@@ -376,10 +371,7 @@ def classify(
     set_: Sets = None,
 ) -> None:
     """Compare four backbone recipes (good vs each defect class): shared split, K-fold CV, long-tail comparison."""
-    import os
-
-    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        _relaunch_under_torchrun(nproc_per_node)
+    if _relaunched(nproc_per_node):
         return
     names = [a.strip() for a in attempts.split(",") if a.strip()] if attempts else None
     cfg = _config(category, config, profile, set_, device=device, seed=seed, allow_random_init=allow_random_init,
@@ -392,12 +384,32 @@ def classify(
     with _stage(cfg, "classify", target, [*_converted(data), Path(cfg.paths.weights), ATTEMPT_DIR,
                                           *(Path(a) for a in cfg.classify.attempts if a.endswith((".yaml", ".yml")))],
                 [target / "metrics.json"], force or resume, _device(cfg)) as run:
-        if run:
-            from pipeline.stages.classify.run import run_classify
-        m = run_classify(cfg, data, target, resume=resume) if run else None
+        m = _classify_stage()(cfg, data, target, resume=resume) if run else None
     if m is not None:
         console.print(m["summary_text"])
         info(f"wrote {target}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
+
+
+def _sam_stage():
+    from pipeline.stages.sam.run import run_finetune_sam  # heavy: imported only when the stage runs
+
+    return run_finetune_sam
+
+
+def _classify_stage():
+    from pipeline.stages.classify.run import run_classify
+
+    return run_classify
+
+
+def _relaunched(nproc: int) -> bool:
+    """With ``--nproc-per-node N`` outside torchrun, run this command under torchrun instead and say so."""
+    import os
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_under_torchrun(nproc)
+        return True
+    return False
 
 
 def _relaunch_under_torchrun(nproc: int) -> None:

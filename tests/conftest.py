@@ -56,3 +56,13 @@ def converted_dataset(tiny_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("converted") / "bottle"
     run_convert(load_category(tiny_root, "bottle"), out, ConvertParams(), {"train": 0.4, "val": 0.3, "test": 0.3}, seed=0)
     return out
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nobody listens on, for a test's DDP rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

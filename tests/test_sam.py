@@ -170,13 +170,8 @@ def _ddp_worker(rank: int, world: int, port: int, dataset: str, out: str) -> Non
     distributed.shutdown(d)
 
 
-def test_ddp_two_gloo_processes_end_identical(converted_dataset, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(converted_dataset), str(tmp_path)), nprocs=2, join=True)
+def test_ddp_two_gloo_processes_end_identical(converted_dataset, tmp_path, free_port):
+    mp.spawn(_ddp_worker, args=(2, free_port, str(converted_dataset), str(tmp_path)), nprocs=2, join=True)
     a, b = (torch.load(tmp_path / f"final{r}.pt", weights_only=True) for r in (0, 1))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     torch.manual_seed(0)

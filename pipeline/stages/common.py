@@ -15,8 +15,9 @@ from typing import Any
 
 from pipeline.config import Config, dump
 from pipeline.convert.splits import load_splits
-from pipeline.device import environment
+from pipeline.device import environment, select_device
 from pipeline.errors import DataError
+from pipeline.training import distributed
 
 
 class Phases:
@@ -50,6 +51,15 @@ def dataset_record(dataset_dir: Path) -> dict[str, Any]:
     digest = hashlib.sha256((Path(dataset_dir) / "splits.json").read_bytes()).hexdigest()
     return {"provenance": splits.get("data", "unknown"), "dataset": str(Path(dataset_dir)),
             "splits_sha256": digest, "counts": splits["counts"], "seed": splits["seed"]}
+
+
+def start(stage: str, cfg: Config, dataset_dir: Path) -> tuple[distributed.Dist, str, dict[str, Any]]:
+    """Select the device, join the DDP group ``torchrun`` describes (if any), and record the stage's provenance
+    (which fails first, on a missing converted dataset)."""
+    selected = select_device(cfg.device)
+    d = distributed.init(selected)
+    device = distributed.device_for(d, selected)
+    return d, device, stage_record(stage, cfg, device, dataset_dir)
 
 
 def stage_record(stage: str, cfg: Config, device: str, dataset_dir: Path) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from typing import Any
 from pipeline import plots
 from pipeline.config import Config
 from pipeline.console import info, loud
-from pipeline.device import select_device
 from pipeline.fetch import file_digest
 from pipeline.io import read_json, write_json, write_text
 from pipeline.metrics.classification import classification_metrics, mean_std
@@ -23,7 +22,7 @@ from pipeline.stages.classify.attempts import Attempt, load_attempt, load_attemp
 from pipeline.stages.classify.data import Fold, ImageCache, Labelled, load_labelled, shared_split, stratified_folds
 from pipeline.stages.classify.models import build, provenance, resolve_backbones
 from pipeline.stages.classify.train import Options, fit
-from pipeline.stages.common import Phases, stage_record
+from pipeline.stages.common import Phases, start
 from pipeline.training import distributed
 from pipeline.training.state import save, seed_everything
 
@@ -96,10 +95,7 @@ def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False
     c = cfg.classify
     out = Path(out)
     phases = Phases()
-    selected = select_device(cfg.device)
-    d = distributed.init(selected)
-    device = distributed.device_for(d, selected)
-    record = stage_record("classify", cfg, device, dataset_dir)
+    d, device, record = start("classify", cfg, dataset_dir)
     attempts = load_attempts(c)  # every config error before any training
     data = load_labelled(dataset_dir, c.classes)
     folds = stratified_folds(data, c.folds, cfg.seed, c.add_train_good) if c.folds else []

@@ -17,10 +17,9 @@ import torch
 
 from pipeline.config import Config
 from pipeline.console import info, loud
-from pipeline.device import select_device
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.stages.common import Phases, stage_record
+from pipeline.stages.common import Phases, start
 from pipeline.stages.sam import evaluate
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split
@@ -41,10 +40,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
     s = cfg.sam
     out = Path(out)
     phases = Phases()
-    selected = select_device(cfg.device)
-    d = distributed.init(selected)
-    device = distributed.device_for(d, selected)
-    record = stage_record("sam", cfg, device, dataset_dir)  # fails first on a missing converted dataset
+    d, device, record = start("sam", cfg, dataset_dir)
     seed_everything(cfg.seed)
     with phases("setup"):
         items = {split: load_split(dataset_dir, split) for split in ("train", "val", "test")}
