@@ -142,8 +142,8 @@ def stats(
     cfg = _config(category, config, profile, set_, root=root)
     target = out or Path(cfg.paths.runs) / category / "stats"
     with _stage(cfg, "stats", target, [_category_folder(cfg, fallback_synthetic)], [target / "card.json"],
-                force and not as_json) as run:
-        if not run and not as_json:
+                force or as_json) as run:  # --json always prints the card
+        if not run:
             return
         from pipeline.data.source import open_category
 
@@ -292,10 +292,11 @@ def finetune_yolo(
     data = dataset or Path(cfg.paths.datasets) / category
     with _stage(cfg, "yolo", target, [*_converted(data), Path(cfg.paths.weights)], [target / "metrics.json"],
                 force or resume, _device(cfg)) as run:
-        if run:
-            from pipeline.stages.yolo.run import run_finetune_yolo
+        if not run:
+            return
+        from pipeline.stages.yolo.run import run_finetune_yolo
 
-            _report_yolo(run_finetune_yolo(cfg, data, target, resume=resume), target)
+        _report_yolo(run_finetune_yolo(cfg, data, target, resume=resume), target)
 
 
 def _converted(dataset: Path) -> list[Path]:
@@ -342,7 +343,11 @@ def finetune_sam(
     dets = detections or Path(cfg.paths.runs) / category / "yolo" / "detections_test.json"
     with _stage(cfg, "sam", target, [*_converted(data), Path(cfg.paths.weights), dets], [target / "metrics.json"],
                 force or resume, _device(cfg)) as run:
-        m = _sam_stage()(cfg, data, target, resume=resume, detections=detections) if run else None
+        if not run:
+            return
+        from pipeline.stages.sam.run import run_finetune_sam  # heavy: imported only when the stage runs
+
+        m = run_finetune_sam(cfg, data, target, resume=resume, detections=detections)
     if m is not None:
         info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
              f"{m['timing_s']['total']} s")
@@ -384,22 +389,14 @@ def classify(
     with _stage(cfg, "classify", target, [*_converted(data), Path(cfg.paths.weights), ATTEMPT_DIR,
                                           *(Path(a) for a in cfg.classify.attempts if a.endswith((".yaml", ".yml")))],
                 [target / "metrics.json"], force or resume, _device(cfg)) as run:
-        m = _classify_stage()(cfg, data, target, resume=resume) if run else None
+        if not run:
+            return
+        from pipeline.stages.classify.run import run_classify
+
+        m = run_classify(cfg, data, target, resume=resume)
     if m is not None:
         console.print(m["summary_text"])
         info(f"wrote {target}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
-
-
-def _sam_stage():
-    from pipeline.stages.sam.run import run_finetune_sam  # heavy: imported only when the stage runs
-
-    return run_finetune_sam
-
-
-def _classify_stage():
-    from pipeline.stages.classify.run import run_classify
-
-    return run_classify
 
 
 def _relaunched(nproc: int) -> bool:
