@@ -20,9 +20,9 @@ STAGES = ("yolo", "sam", "classify")
 
 
 def inputs(cfg: Config) -> dict[str, Path]:
-    """Every file the report reads, by name (what the up-to-date check of ``pipe report`` hashes)."""
+    """Every file the report reads, by the stage that writes it (what ``pipe report``'s up-to-date check hashes)."""
     runs = Path(cfg.paths.runs) / cfg.category
-    return {"card": runs / "stats" / "card.json",
+    return {"stats": runs / "stats" / "card.json",
             "convert": Path(cfg.paths.datasets) / cfg.category / "convert_report.json",
             **{s: runs / s / "metrics.json" for s in STAGES}}
 
@@ -78,20 +78,20 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
 def build_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.html``, ``summary.json`` (and the figures) to ``runs/<category>/``."""
     out = Path(out) if out else Path(cfg.paths.runs) / cfg.category
-    loaded = {k: _load(p) for k, p in inputs(cfg).items()}
+    paths = inputs(cfg)
+    loaded = {k: _load(p) for k, p in paths.items()}
     notes = caveats(loaded)
     doc = Document(f"pipe report: {cfg.category}")
     sections.headline(doc, notes)
-    sections.dataset(doc, loaded["card"])
+    sections.dataset(doc, loaded["stats"])
     sections.converted(doc, loaded["convert"])
     sections.detection(doc, loaded["yolo"], out / "figures")
     sections.segmentation(doc, loaded["sam"])
     sections.classification(doc, loaded["classify"])
     sections.overlays(doc, loaded["yolo"], loaded["sam"])
-    stages = {"stats": loaded["card"], "convert": loaded["convert"], **{s: loaded[s] for s in STAGES}}
-    walls = {k: wall_time(p.parent) for k, p in zip(("stats", "convert", *STAGES), inputs(cfg).values())}
-    sections.environment(doc, stages, walls)
-    sections.provenance(doc, stages)
+    walls = {k: wall_time(p.parent) for k, p in paths.items()}  # each stage's stamp sits beside its output
+    sections.environment(doc, loaded, walls)
+    sections.provenance(doc, loaded)
     summary = headline_numbers(loaded, notes, walls)
     write_text(out / "report.md", doc.markdown(out))
     write_text(out / "report.html", doc.html())

@@ -104,17 +104,14 @@ def load_attempt(name: str, c: ClassifyConfig, longtail: str | None = None) -> A
     base = ATTEMPT_DIR / "base.yaml"
     path = _attempt_file(name)
     layers: list[tuple[str, dict[str, Any]]] = [(str(base), read_yaml(base)), (str(path), read_yaml(path))]
+    recipe = merge(layers[0][1], layers[1][1])
     overrides = {k: v for k, v in {"epochs": c.epochs, "imgsz": c.imgsz, "batch": c.batch,
                                    "longtail": longtail or c.longtail}.items() if v is not None}
+    if c.epochs is not None and isinstance(recipe.get("epochs"), int) and recipe["epochs"] != c.epochs:
+        overrides.update(_rescaled(recipe, c.epochs / recipe["epochs"]))
     if overrides:
         layers.append(("classify section of the config", overrides))
-    merged: dict[str, Any] = {}
-    for _, layer in layers[:2]:
-        merged = merge(merged, layer)
-    if c.epochs is not None and isinstance(merged.get("epochs"), int) and merged["epochs"] != c.epochs:
-        overrides.update(_rescaled(merged, c.epochs / merged["epochs"]))
-    merged = merge(merged, overrides)
-    merged.update(id=Path(name).stem, source=str(path))
+    merged = {**merge(recipe, overrides), "id": Path(name).stem, "source": str(path)}
     return validate(Attempt, merged, layers)
 
 
@@ -125,8 +122,7 @@ def _rescaled(recipe: dict[str, Any], ratio: float) -> dict[str, Any]:
 
     sched = recipe.get("scheduler") or {}
     return {"freeze_epochs": scale(recipe.get("freeze_epochs"), 1), "unfreeze_every": scale(recipe.get("unfreeze_every"), 1),
-            "scheduler": {"t0": scale(sched.get("t0"), 1), "patience": max(0, round(sched.get("patience", 0) * ratio))
-                          if isinstance(sched.get("patience"), int) else sched.get("patience")}}
+            "scheduler": {"t0": scale(sched.get("t0"), 1), "patience": scale(sched.get("patience"), 0)}}
 
 
 def load_attempts(c: ClassifyConfig) -> list[Attempt]:

@@ -9,7 +9,6 @@ processes (DDP) and every process scores val and test in full, so all reach the 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +112,7 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
     optimizer = adamw(model.param_groups(a.lr_backbone, a.lr_head), lr=a.lr_head, weight_decay=a.weight_decay)
     sched = scheduler(a, optimizer)
     gen = torch.Generator().manual_seed(o.seed)
-    best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None
+    best: tuple[tuple[float, float], int, dict[str, torch.Tensor], dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
     train_images, train_seconds, opened, net = 0, 0.0, -1, model
     with progress() as bar:
@@ -155,7 +154,8 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
             log_only(f"{label} " + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             key = _selection(val, o.select)
             if best is None or key > best[0]:
-                best = (key, epoch + 1, copy.deepcopy({k_: v.detach().cpu() for k_, v in model.state_dict().items()}))
+                state = {k_: v.detach().to("cpu", copy=True) for k_, v in model.state_dict().items()}  # one copy
+                best = (key, epoch + 1, state, val)
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step(val["loss"] if val["loss"] is not None else 0.0)
             else:
@@ -165,8 +165,8 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
     assert best is not None
     model.load_state_dict(best[2])
     chosen = history[best[1] - 1]
-    parts = {}
-    for name, samples in (("train", fold.train), ("val", fold.val), ("test", fold.test)):
+    parts = {"val": best[3]}  # scored with these very weights when they were selected
+    for name, samples in (("train", fold.train), ("test", fold.test)):
         probs, labels = predict(model, samples, cache, a.imgsz, o)
         parts[name] = score(probs, labels, names)
     return {
