@@ -67,7 +67,7 @@ class ConvertConfig(Section):
     simplify: float = Field(ge=0)
     coco_min_iou: float = Field(ge=0, le=1)
     yolo_seg_min_iou: float = Field(ge=0, le=1)
-    link: Literal["symlink", "hardlink", "copy"]
+    link: Literal["hardlink", "symlink", "copy"]
     workers: int = Field(ge=0)
     preview: int = Field(ge=0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata
 from typing import Any
@@ -38,16 +39,23 @@ def select_device(spec: str = "auto") -> str:
     return f"cuda:{index}"
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Device name, torch/CUDA/cuDNN versions and package versions: what a reader needs to trust a timing."""
-    import torch
-
-    versions = {}
+@functools.cache
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape results; read once per process (parsing their
+    metadata costs milliseconds per call, and installs do not change under a running pipeline)."""
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
+    return versions
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Device name, torch/CUDA/cuDNN versions and package versions: what a reader needs to trust a timing."""
+    import torch
+
     env: dict[str, Any] = {
         "device": device,
         "device_name": platform.processor() or platform.machine(),
@@ -57,7 +65,7 @@ def environment(device: str) -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "packages": versions,
+        "packages": dict(package_versions()),
     }
     if device.startswith("cuda"):
         idx = int(device.split(":")[1]) if ":" in device else 0

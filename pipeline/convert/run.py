@@ -73,7 +73,7 @@ def fidelity_summary(instances: dict[str, list[dict[str, Any]]], params: Convert
 
 
 def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[str, float], seed: int,
-                add_train_good: bool = False, link_mode: str = "symlink", workers: int = 0,
+                add_train_good: bool = False, link_mode: str = "hardlink", workers: int = 0,
                 preview: int = 0) -> dict[str, Any]:
     """Convert ``cat`` into ``out`` (YOLO det/seg, COCO, splits.json, convert_report.json); return the report."""
     t0 = time.perf_counter()
