@@ -10,7 +10,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from pipeline.convert.instances import ConvertParams
-from pipeline.convert.run import run_convert
+from pipeline.convert.run import convert_all, run_convert
 from pipeline.convert.splits import load_splits, stratified_split
 from pipeline.convert.writers import link
 from pipeline.data.layout import load_category
@@ -140,6 +140,11 @@ def test_rerun_is_byte_identical(tiny_root, tmp_path, converted):
     for kind in ("yolo-det", "yolo-seg"):
         assert _tree_digest(again / kind / "labels") == _tree_digest(out / kind / "labels")
         assert _tree_digest(again / kind / "images") == _tree_digest(out / kind / "images")
+
+
+def test_parallel_conversion_matches_one_process(tiny_root):
+    cat = load_category(tiny_root, "bottle")
+    assert convert_all(cat, ConvertParams(), workers=2) == convert_all(cat, ConvertParams(), workers=1)
 
 
 def test_add_train_good(tiny_root, tmp_path):
