@@ -117,11 +117,17 @@ def _assert_matches_labelling(mask):
     comps = split_instances(mask)
     refs = _components(mask)
     assert len(comps) == len(refs)
-    for comp in comps:
+    for comp, ref in zip(comps, refs):  # same instances, in the same (raster) order as labelling
         x, y, w, h = comp.bbox
         placed = np.zeros_like(mask)
         placed[y:y + h, x:x + w] = comp.crop
-        assert any(np.array_equal(placed, r) for r in refs)
+        assert np.array_equal(placed, ref)
+
+
+@settings(max_examples=150, deadline=None)
+@given(masks())
+def test_instances_are_the_connected_components(mask):
+    _assert_matches_labelling(mask)
 
 
 def test_components_in_holes_and_overlapping_boxes_are_separated():

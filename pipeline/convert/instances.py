@@ -54,7 +54,7 @@ class Component:
 
 
 def split_instances(mask: np.ndarray, merge_distance: int = 0, min_area: int = 0) -> list[Component]:
-    """Each instance of a boolean mask, in raster order of its contour, at least ``min_area`` px."""
+    """Each instance of a boolean mask of at least ``min_area`` px, in raster order of its first pixel."""
     m8 = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).astype(np.uint8)
     comps = _merged(m8, merge_distance) if merge_distance > 0 else _traced(m8)
     return [c for c in comps if np.count_nonzero(c.crop) >= max(1, min_area)]
@@ -72,7 +72,8 @@ def _traced(m8: np.ndarray) -> list[Component]:
     if not contours:
         return []
     hier = hier[0]
-    tops = np.flatnonzero(hier[:, 3] < 0)
+    # an outer contour starts at its component's first pixel in raster order: sort by it, as labelling would
+    tops = sorted(np.flatnonzero(hier[:, 3] < 0), key=lambda i: (contours[i][0, 0, 1], contours[i][0, 0, 0]))
     boxes = np.array([cv2.boundingRect(contours[i]) for i in tops])
     x0, y0 = boxes[:, 0], boxes[:, 1]
     x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
