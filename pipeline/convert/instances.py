@@ -72,7 +72,7 @@ def _traced(m8: np.ndarray) -> list[Component]:
     if not contours:
         return []
     hier = hier[0]
-    # an outer contour starts at its component's first pixel in raster order: sort by it, as labelling would
+    # an outer contour starts at its component's first pixel in raster order: sort by it (a stable, readable order)
     tops = sorted(np.flatnonzero(hier[:, 3] < 0), key=lambda i: (contours[i][0, 0, 1], contours[i][0, 0, 0]))
     boxes = np.array([cv2.boundingRect(contours[i]) for i in tops])
     x0, y0 = boxes[:, 0], boxes[:, 1]
