@@ -17,6 +17,7 @@ on run lengths, never on the full frame: conversion costs about 1.4x decoding th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -52,12 +53,16 @@ class Component:
     outer: list[np.ndarray]
     holes: list[np.ndarray]
 
+    @cached_property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.crop))
+
 
 def split_instances(mask: np.ndarray, merge_distance: int = 0, min_area: int = 0) -> list[Component]:
     """Each instance of a boolean mask of at least ``min_area`` px, in raster order of its first pixel."""
     m8 = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).astype(np.uint8)
     comps = _merged(m8, merge_distance) if merge_distance > 0 else _traced(m8)
-    return [c for c in comps if np.count_nonzero(c.crop) >= max(1, min_area)]
+    return [c for c in comps if c.area >= max(1, min_area)]
 
 
 def _traced(m8: np.ndarray) -> list[Component]:
@@ -192,7 +197,7 @@ def coco_segmentation(comp: Component, height: int, width: int, min_iou: float) 
 
 def _polygon_may_pass(comp: Component, min_iou: float) -> bool:
     perimeter = sum(cv2.arcLength(c.reshape(-1, 1, 2).astype(np.int32), True) for c in comp.outer)
-    return 1.0 - POLYGON_LOSS_PER_PERIMETER * perimeter / np.count_nonzero(comp.crop) >= min_iou
+    return 1.0 - POLYGON_LOSS_PER_PERIMETER * perimeter / comp.area >= min_iou
 
 
 def _strip_rle(crop: np.ndarray, bbox: tuple[int, int, int, int], height: int, width: int) -> str:
@@ -262,7 +267,7 @@ def convert_mask(mask: np.ndarray, params: ConvertParams) -> list[dict[str, Any]
         back = (round((cx - bw / 2) * width), round((cy - bh / 2) * height), round(bw * width), round(bh * height))
         out.append({
             "bbox": [x, y, w, h],
-            "area": int(np.count_nonzero(comp.crop)),
+            "area": comp.area,
             "yolo_box": [cx, cy, bw, bh],
             "yolo_box_exact": back == (x, y, w, h),
             "yolo_polygon": ((poly + (x, y)) / (width, height)).tolist(),
