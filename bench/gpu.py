@@ -22,7 +22,10 @@ There, one call each, in order (``plan`` prints the exact list with the carry of
 ``run`` times each stage's command (``python3 -m pipeline ... --root .device/mvtec --profile full``),
 appends the times to ``.device/stages.json``, and with ``--collect`` prints the table, writes
 ``bench/results/gpu-<device>.json`` (stage times, their sum, the cached-weights check, the commands)
-and packs the report, summary, metrics and logs into ``$OUT/results.tgz`` for ``docs/results/``.
+and packs the report, summary, metrics and logs into ``$OUT/results.tgz`` for ``docs/results/``
+(commit all of it but ``report.html``: its overlays are drawn on MVTec images, which stay out of git).
+A stage that would outlast one call can go on in the next: ``run classify --extra --resume`` reuses every
+finished fold.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".device"
 STAGES: dict[str, list[str]] = {
     "stats": ["stats"],
-    "convert": ["convert", "--preview", "2"],
+    "convert": ["convert"],
     "yolo": ["finetune", "yolo"],
     "sam": ["finetune", "sam"],
     "classify": ["classify"],
@@ -107,6 +110,8 @@ def run_stage(stage: str, category: str, root: Path, profile: str, extra: list[s
     cmd = [sys.executable, "-m", "pipeline", *STAGES[stage], category, "--profile", profile, *extra]
     if stage in ("stats", "convert"):
         cmd += ["--root", str(root)]  # later stages read it from datasets/<category>/convert_report.json
+    if stage == "convert":
+        cmd += ["--preview", "2"]  # as `just convert` does
     print("+", " ".join(cmd), flush=True)
     t = time.perf_counter()
     rc = subprocess.call(cmd, cwd=REPO)
