@@ -31,7 +31,6 @@ finished fold.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -42,6 +41,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.convert.writers import link  # noqa: E402  (light: these import no ML package)
+from pipeline.device import environment, select_device  # noqa: E402
+from pipeline.io import read_json, write_json  # noqa: E402
 WORK = REPO / ".device"
 STAGES: dict[str, list[str]] = {
     "stats": ["stats"],
@@ -74,10 +78,7 @@ def pack(root: Path, category: str, chunk_mib: float, out: Path = WORK) -> list[
             size = 0.0
         dest = chunks[-1] / "mvtec" / f.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(f, dest)
-        except OSError:
-            shutil.copy2(f, dest)
+        link(f, dest, "no-symlink")  # a symlink would travel to the device as a dangling link
         size += n
     return chunks
 
@@ -121,16 +122,15 @@ def run_stage(stage: str, category: str, root: Path, profile: str, extra: list[s
 
 def collect(category: str, times: list[dict[str, Any]]) -> None:
     """Print the stage table, write ``bench/results/gpu-<device>.json`` and pack the report for ``$OUT``."""
-    import torch
-
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    env = environment(select_device("auto"))
+    name = env["device_name"] if env["device"].startswith("cuda") else "cpu"
     total = sum(t["wall_s"] for t in times)
     for t in times:
         print(f"{t['stage']:<10} {t['wall_s']:>8.1f} s  rc {t['rc']}")
     print(f"{'total':<10} {total:>8.1f} s  on {name}")
-    result = {"device_name": name, "stages": times, "total_s": round(total, 1), "cached_weights": cached_weights()}
-    out = REPO / "bench" / "results" / f"gpu-{name.replace(' ', '_')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"device_name": name, "stages": times, "total_s": round(total, 1), "cached_weights": cached_weights(),
+              "environment": env}
+    out = write_json(REPO / "bench" / "results" / f"gpu-{name.replace(' ', '_')}.json", result)
     dest = Path(os.environ.get("OUT", WORK))
     runs = REPO / "runs" / category
     with tarfile.open(dest / "results.tgz", "w:gz") as tar:
@@ -178,12 +178,11 @@ def main() -> None:
         print(f"moved {unpack()} files into {WORK / 'mvtec'}")
     else:
         log = WORK / "stages.json"
-        times = json.loads(log.read_text()) if log.exists() else []
+        times = read_json(log) if log.exists() else []
         for stage in args.stages:
             times = [t for t in times if t["stage"] != stage] + [run_stage(stage, args.category, WORK / "mvtec",
                                                                            args.profile, args.extra)]
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(json.dumps(times, indent=2))
+            write_json(log, times)
             if times[-1]["rc"]:
                 raise SystemExit(f"stage {stage} failed (rc {times[-1]['rc']}); see runs/{args.category}/logs/")
         if args.collect:

@@ -182,6 +182,7 @@ def test_link_falls_back_when_hard_links_are_refused(tmp_path, monkeypatch):
     assert link(src, tmp_path / "a.png") == "hardlink" and (tmp_path / "a.png").samefile(src)
     monkeypatch.setattr(os, "link", refuse)
     assert link(src, tmp_path / "b.png") == "symlink" and (tmp_path / "b.png").resolve() == src
+    assert link(src, tmp_path / "e.png", "no-symlink") == "copy" and not (tmp_path / "e.png").is_symlink()
     monkeypatch.setattr(os, "symlink", refuse)
     assert link(src, tmp_path / "c.png") == "copy" and (tmp_path / "c.png").read_bytes() == b"png"
     assert link(src, tmp_path / "d.png", "copy") == "copy" and not (tmp_path / "d.png").samefile(src)

@@ -26,9 +26,10 @@ def link(src: str | Path, dst: str | Path, mode: str = "hardlink") -> str:
 
     A hard link needs no new inode (50x faster than a symlink on a busy ext4 disk) and survives moving or
     copying the dataset; it falls back to a symlink across filesystems or without permission, then to a copy.
+    ``no-symlink`` is for files that must stand on their own, e.g. ones carried to another machine.
     """
     order = {"hardlink": ["hardlink", "symlink", "copy"], "symlink": ["symlink", "hardlink", "copy"],
-             "copy": ["copy"]}[mode]
+             "no-symlink": ["hardlink", "copy"], "copy": ["copy"]}[mode]
     for how in order:
         try:
             if how == "symlink":
