@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -84,28 +85,79 @@ def _config(category: str, config: list[Path] | None, profile: str | None, sets:
     return load_config(category, profile, config or [], [*(sets or []), *extra])
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """Where a running stage writes: ``work`` is ``folder`` itself, or its staging folder for training stages."""
+
+    folder: Path
+    work: Path
+
+
+def _protected(cfg, *datasets: Path) -> list[tuple[str, Path]]:
+    """What no output may equal, contain or lie inside: the data roots and the stage's input datasets."""
+    from pipeline.data.layout import resolve_root
+
+    return [("the MVTec AD data root", resolve_root(cfg.data.root)),
+            ("the synthetic data root", Path(cfg.data.synthetic_root)),
+            *(("the input dataset", d) for d in datasets)]
+
+
 @contextlib.contextmanager
-def _stage(cfg, stage: str, folder: Path, inputs: list[Path], outputs: list[Path], force: bool,
-           device: str = "") -> Iterator[bool]:
-    """Yield False (and say so) when the stage is up to date; else run it under its log and stamp it on success."""
+def _stage(cfg, stage: str, target: Path, inputs: list[Path], outputs: list[Path], force: bool,
+           device: str = "", protected: list[tuple[str, Path]] | None = None, writes: str = "in_place",
+           resume: bool = False, accepts: tuple[str, ...] = ()) -> Iterator[StageRun | None]:
+    """Claim and lock the output, then yield None (and say so) when it is up to date; else run the stage under
+    its log and stamp it on success.
+
+    The output is refused before any work if pipe must not write it (``pipeline.outputs``). How the stage
+    writes decides what an interruption leaves: ``staged`` (training stages) writes into a staging folder
+    that replaces ``target`` only when complete, so a failed or interrupted re-run keeps the previous
+    complete result, and ``resume`` continues in that staging folder; ``atomic`` (convert) replaces
+    ``target`` in one rename itself; ``in_place`` (a few small files) loses its stamp first, so an
+    interrupted run is redone. Under ``torchrun`` only rank 0 claims, locks, swaps and stamps.
+    """
     import os
+    import shutil
 
     from pipeline.config import dump
     from pipeline.console import logged
-    from pipeline.uptodate import Freshness
+    from pipeline.io import clean_leftovers
+    from pipeline.outputs import check_output, claim, empty, locked, staging, swap_in
+    from pipeline.uptodate import Freshness, unmark
 
-    fresh = Freshness(stage, dump(cfg), device, folder, inputs, outputs, force)
-    if fresh.skip():
-        info(f"[bold]{stage}[/] up to date ({folder}); skipped. --force (or PIPE_FORCE=1) redoes it")
-        yield False
-        return
-    rank = int(os.environ.get("RANK", "0"))
-    logs = Path(cfg.paths.runs) / cfg.category / "logs"
-    start = time.perf_counter()
-    with logged(logs / (f"{stage}.log" if rank == 0 else f"{stage}.rank{rank}.log"), stage):
-        yield True
-    if rank == 0:
-        fresh.mark(time.perf_counter() - start)
+    main = int(os.environ.get("RANK", "0")) == 0
+    check_output(target, stage, protected or [], accepts)  # before the lock creates anything beside it
+    workspace = Path(cfg.paths.runs) / cfg.category  # logs go here; the report writes beside the stage folders
+    if main and (not workspace.exists() or empty(workspace)):
+        claim(workspace, "workspace")
+    with locked(target, stage) if main else contextlib.nullcontext():
+        if main:
+            claim(target, stage, protected or [], accepts)
+            clean_leftovers(target)
+        fresh = Freshness(stage, dump(cfg), device, target, inputs, outputs, force)
+        if fresh.skip():
+            info(f"[bold]{stage}[/] up to date ({target}); skipped. --force (or PIPE_FORCE=1) redoes it")
+            yield None
+            return
+        staged = writes == "staged"
+        work = staging(target) if staged else target
+        if main and staged:
+            if resume and not work.is_dir():
+                info(f"{work}: no interrupted run to resume; starting afresh")
+            if not resume:
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+        elif main and writes == "in_place":
+            unmark(target)
+        logs = workspace / "logs"
+        rank = int(os.environ.get("RANK", "0"))
+        start = time.perf_counter()
+        with logged(logs / (f"{stage}.log" if main else f"{stage}.rank{rank}.log"), stage):
+            yield StageRun(target, work)
+        if main:
+            if staged:
+                swap_in(work, target, stage)
+            fresh.mark(time.perf_counter() - start)
 
 
 def _category_folder(cfg, fallback_synthetic: bool) -> Path:
@@ -141,14 +193,15 @@ def stats(
 
     cfg = _config(category, config, profile, set_, root=root)
     target = out or Path(cfg.paths.runs) / category / "stats"
-    with _stage(cfg, "stats", target, [_category_folder(cfg, fallback_synthetic)], [target / "card.json"],
-                force or as_json) as run:  # --json always prints the card
+    with _stage(cfg, "stats", target, [_category_folder(cfg, fallback_synthetic)],
+                [target / "card.json", target / "card.md"], force or as_json,  # --json always prints the card
+                protected=_protected(cfg)) as run:
         if not run:
             return
         from pipeline.data.source import open_category
 
         card = dataset_card(open_category(cfg, fallback_synthetic), cfg.classes)
-        md_path = write_card(card, target)[1]
+        md_path = write_card(card, run.work)[1]
         if as_json:
             sys.stdout.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
         else:
@@ -175,10 +228,10 @@ def convert(
     cfg = _config(category, config, profile, set_, root=root,
                   **{"convert.preview": preview, "convert.workers": workers})
     target = out or Path(cfg.paths.datasets) / category
-    with _stage(cfg, "convert", target, [_category_folder(cfg, fallback_synthetic)],
-                [target / "convert_report.json", target / "splits.json"], force) as run:
+    with _stage(cfg, "convert", target, [_category_folder(cfg, fallback_synthetic)], [target], force,
+                protected=_protected(cfg), writes="atomic") as run:
         if run:
-            _convert(cfg, open_category(cfg, fallback_synthetic), target)
+            _convert(cfg, open_category(cfg, fallback_synthetic), run.work)
 
 
 def _convert(cfg, cat, target: Path) -> None:
@@ -290,13 +343,14 @@ def finetune_yolo(
                   **{"yolo.model": model, "yolo.epochs": epochs, "yolo.imgsz": imgsz, "yolo.batch": batch})
     target = out or Path(cfg.paths.runs) / category / "yolo"
     data = dataset or Path(cfg.paths.datasets) / category
-    with _stage(cfg, "yolo", target, [*_converted(data), Path(cfg.paths.weights)], [target / "metrics.json"],
-                force or resume, _device(cfg)) as run:
+    with _stage(cfg, "yolo", target, [*_converted(data), Path(cfg.paths.weights)], [target], force or resume,
+                _device(cfg), _protected(cfg, data), writes="staged", resume=resume) as run:
         if not run:
             return
         from pipeline.stages.yolo.run import run_finetune_yolo
 
-        _report_yolo(run_finetune_yolo(cfg, data, target, resume=resume), target)
+        metrics = run_finetune_yolo(cfg, data, run.work, resume=resume)
+    _report_yolo(metrics, target)
 
 
 def _converted(dataset: Path) -> list[Path]:
@@ -341,13 +395,13 @@ def finetune_sam(
     target = out or Path(cfg.paths.runs) / category / "sam"
     data = dataset or Path(cfg.paths.datasets) / category
     dets = detections or Path(cfg.paths.runs) / category / "yolo" / "detections_test.json"
-    with _stage(cfg, "sam", target, [*_converted(data), Path(cfg.paths.weights), dets], [target / "metrics.json"],
-                force or resume, _device(cfg)) as run:
+    with _stage(cfg, "sam", target, [*_converted(data), Path(cfg.paths.weights), dets], [target], force or resume,
+                _device(cfg), _protected(cfg, data), writes="staged", resume=resume) as run:
         if not run:
             return
         from pipeline.stages.sam.run import run_finetune_sam  # heavy: imported only when the stage runs
 
-        m = run_finetune_sam(cfg, data, target, resume=resume, detections=detections)
+        m = run_finetune_sam(cfg, data, run.work, resume=resume, detections=detections)
     if m is not None:
         info(f"test instance IoU zero-shot {m['zero_shot']['mean_iou']} -> fine-tuned {m['finetuned']['mean_iou']}; "
              f"{m['timing_s']['total']} s")
@@ -388,12 +442,12 @@ def classify(
 
     with _stage(cfg, "classify", target, [*_converted(data), Path(cfg.paths.weights), ATTEMPT_DIR,
                                           *(Path(a) for a in cfg.classify.attempts if a.endswith((".yaml", ".yml")))],
-                [target / "metrics.json"], force or resume, _device(cfg)) as run:
+                [target], force or resume, _device(cfg), _protected(cfg, data), writes="staged", resume=resume) as run:
         if not run:
             return
         from pipeline.stages.classify.run import run_classify
 
-        m = run_classify(cfg, data, target, resume=resume)
+        m = run_classify(cfg, data, run.work, resume=resume)
     if m is not None:
         console.print(m["summary_text"])
         info(f"wrote {target}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
@@ -403,6 +457,10 @@ def _relaunched(nproc: int) -> bool:
     """With ``--nproc-per-node N`` outside torchrun, run this command under torchrun instead and say so."""
     import os
 
+    if "WORLD_SIZE" in os.environ:  # a process of a DDP group: end with its launcher
+        from pipeline.outputs import die_with_parent
+
+        die_with_parent()
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(nproc)
         return True
@@ -412,6 +470,8 @@ def _relaunched(nproc: int) -> bool:
 def _relaunch_under_torchrun(nproc: int) -> None:
     """Run this same command in ``nproc`` DDP processes (what ``torchrun --nproc-per-node`` would do)."""
     import subprocess
+
+    from pipeline.outputs import die_with_parent
 
     args, skip = [], False
     for a in sys.argv[1:]:
@@ -427,7 +487,7 @@ def _relaunch_under_torchrun(nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "pipeline", *args]
     info("launching: " + " ".join(cmd))
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(subprocess.call(cmd, preexec_fn=die_with_parent))
 
 
 @app.command()
@@ -445,9 +505,10 @@ def report(
     cfg = _config(category, config, profile, set_)
     target = out or Path(cfg.paths.runs) / category
     with _stage(cfg, "report", target, list(inputs(cfg).values()),
-                [target / "report.md", target / "report.html", target / "summary.json"], force) as run:
+                [target / "report.md", target / "report.html", target / "summary.json"], force,
+                protected=_protected(cfg, Path(cfg.paths.datasets) / category), accepts=("workspace",)) as run:
         if run:
-            summary = build_report(cfg, target)
+            summary = build_report(cfg, run.work)
             for caveat in summary["caveats"]:
                 info(f"[bold red]numbers from {caveat}[/]")
             info(f"wrote {target}/report.md, report.html, summary.json")
@@ -461,15 +522,32 @@ def env(device: Device = "auto") -> None:
     sys.stdout.write(json.dumps(environment(select_device(device or "auto")), indent=2) + "\n")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (a kill, a CI timeout) unwinds like Ctrl-C, so temporary outputs are removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    """Run the CLI: every user-fixable or OS failure is one line and exit code 2, never a traceback."""
+    import signal
+
+    from pipeline.errors import describe_os_error
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except PipeError as exc:
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise SystemExit(2) from None
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(describe_os_error(exc))
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]: nothing half-written was left in place")
         raise SystemExit(130) from None
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Every stage writes through these helpers: a later stage may then trust that what
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -27,7 +28,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
+        with named_errors(path):
+            yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets the permissions open() would give
         os.replace(tmp, path)
     except BaseException:
@@ -69,25 +71,87 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(target: Path) -> None:
+    """Remove what interrupted writes of ``target`` left beside it; finish an interrupted swap.
+
+    Temporary folders are named ``.<name>.<pid>.partial``: one whose process is gone is removed (a live one
+    belongs to a concurrent writer and is left alone). ``.<name>.old`` is the previous version during a
+    swap: restored if the new one never arrived, else removed.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+        pid = path.name[len(target.name) + 2:-len(".partial")]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+
+
+def replace_dir(src: Path, target: Path) -> Path:
+    """Put the complete folder ``src`` at ``target``; an existing ``target`` is removed only after the rename."""
+    src, target = Path(src), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(src, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, target)
+    return target
+
+
+@contextlib.contextmanager
+def named_errors(path: Path) -> Iterator[None]:
+    """Give an ``OSError`` raised without a file name (a full disk during a write) the path it concerns."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
 
-    On any error (or Ctrl-C) the temporary folder is removed and ``target`` is left as it was.
+    On any error (or Ctrl-C) the temporary folder is removed and ``target`` is left as it was; after a
+    kill, the next write of ``target`` removes the leftover. Whether ``target`` may be replaced at all is
+    the caller's decision (``pipeline.outputs``), made before any work starts.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    clean_leftovers(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(0o777 & ~_UMASK)
     try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        with named_errors(target):
+            yield tmp
+            replace_dir(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = str(exc.filename or "")
+        if name.startswith(str(tmp)):  # name the file where the user will look for it, not the removed temporary
+            raise OSError(exc.errno, exc.strerror, str(target) + name[len(str(tmp)):]) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

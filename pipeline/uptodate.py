@@ -2,9 +2,10 @@
 
 A stage's key is a digest of: the stage name, the package version, the config sections it reads, the
 device it resolved to, and its inputs (small files by content; folders and large files by name, size
-and modification time, which is what changes when data is replaced). After a successful run the key is
-written beside the outputs (``.pipe-stamp.json``); the next run with the same key and every output
-present is skipped. ``--force`` (or ``PIPE_FORCE=1``) ignores the stamp; a failed or interrupted run
+and modification time, which is what changes when data is replaced). After a successful run the key and
+the same digest of every output (each converted format, annotation file, weights, metrics) are written
+beside the outputs (``.pipe-stamp.json``); the next run is skipped only when the key matches and every
+output is present and unchanged, so a deleted or edited output re-runs its stage. ``--force`` (or ``PIPE_FORCE=1``) ignores the stamp; a failed or interrupted run
 writes none.
 """
 
@@ -22,6 +23,9 @@ from pipeline.io import read_json, write_json
 
 STAMP = ".pipe-stamp.json"
 CONTENT_LIMIT = 8 << 20  # files up to 8 MiB are hashed by content
+# Left out of folder digests: caches a reader adds beside a dataset (ultralytics' labels/*.cache) and
+# pipe's own dotfiles (stamps, markers).
+DERIVED = (".cache",)
 
 
 def _file_digest(path: Path, h: Any) -> None:
@@ -43,7 +47,7 @@ def inputs_digest(paths: Iterable[Path]) -> dict[str, str | None]:
         elif p.is_dir():
             for root, dirs, files in os.walk(p, followlinks=True):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(f for f in files if not f.startswith(".")):  # not our own stamps
+                for name in sorted(f for f in files if not f.startswith(".") and not f.endswith(DERIVED)):
                     f = Path(root) / name
                     st = f.stat()
                     h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -64,17 +68,26 @@ def _digest(key: dict[str, Any]) -> str:
 
 
 def is_current(folder: Path, key: dict[str, Any], outputs: Iterable[Path]) -> bool:
+    """The stamp matches ``key`` and every output is present and as the run left it."""
     stamp = Path(folder) / STAMP
+    outputs = list(outputs)
     if not stamp.is_file() or not all(Path(o).exists() for o in outputs):
         return False
     try:
-        return read_json(stamp).get("digest") == _digest(key)
+        recorded = read_json(stamp)
     except (OSError, ValueError):
         return False
+    return recorded.get("digest") == _digest(key) and recorded.get("outputs") == inputs_digest(outputs)
 
 
-def mark(folder: Path, key: dict[str, Any], wall_s: float | None = None) -> Path:
-    return write_json(Path(folder) / STAMP, {"digest": _digest(key), "key": key, "wall_s": wall_s})
+def mark(folder: Path, key: dict[str, Any], outputs: Iterable[Path] = (), wall_s: float | None = None) -> Path:
+    return write_json(Path(folder) / STAMP, {"digest": _digest(key), "key": key, "outputs": inputs_digest(outputs),
+                                             "wall_s": wall_s})
+
+
+def unmark(folder: Path) -> None:
+    """Drop the stamp before a run that rewrites outputs in place, so an interrupted one is never 'current'."""
+    (Path(folder) / STAMP).unlink(missing_ok=True)
 
 
 def wall_time(folder: Path) -> float | None:
@@ -113,5 +126,5 @@ class Freshness:
 
     def mark(self, wall_s: float | None = None) -> Path:
         """Keyed by the inputs as they are after the run (a stage may have generated one, e.g. synthetic data)."""
-        return mark(self.folder, stage_key(self.stage, self.config, self.device, self.inputs),
+        return mark(self.folder, stage_key(self.stage, self.config, self.device, self.inputs), self.outputs,
                     None if wall_s is None else round(wall_s, 3))

@@ -32,10 +32,11 @@ def test_every_command_and_option_has_help():
 
 
 def test_synth_then_stats(tmp_path):
-    r = runner.invoke(app, ["synth", "bottle", "--root", str(tmp_path), "--size", "48", "--train-good", "3",
+    data = tmp_path / "data"  # outputs may not lie inside a data root
+    r = runner.invoke(app, ["synth", "bottle", "--root", str(data), "--size", "48", "--train-good", "3",
                             "--test-good", "1", "--per-defect", "2"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["stats", "bottle", "--root", str(tmp_path), "--out", str(tmp_path / "card"), "--json"])
+    r = runner.invoke(app, ["stats", "bottle", "--root", str(data), "--out", str(tmp_path / "card"), "--json"])
     assert r.exit_code == 0, r.output
     card = json.loads((tmp_path / "card/card.json").read_text())
     assert card["counts"]["test"]["broken_small"] == 2 and card["data"]["kind"] == "synthetic"
@@ -57,7 +58,7 @@ def test_missing_data_is_one_line_exit_2(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "stats", "bottle", "--root", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "stats", "bottle", "--root", str(tmp_path / "data")],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "no such category folder" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -162,13 +162,16 @@ def test_bad_data_stops_before_writing(tiny_copy, tmp_path):
 
 
 def test_fidelity_failure_writes_nothing_and_keeps_old_output(tiny_root, tmp_path):
+    from pipeline.outputs import mark
+
     out = tmp_path / "bottle"
     out.mkdir()
     (out / "keep.txt").write_text("previous run")
+    mark(out, "convert")  # an earlier conversion's output, which pipe may replace
     strict = ConvertParams(yolo_seg_min_iou=1.01)  # unreachable: every instance fails
     with pytest.raises(PipeError, match="below the fidelity bounds.*nothing was written"):
         run_convert(load_category(tiny_root, "bottle"), out, strict, RATIOS, 0)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".pipe-output.json", "keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["bottle"]
 
 

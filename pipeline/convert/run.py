@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from pipeline.data.images import binarize, read_mask_raw
 from pipeline.data.layout import Category
 from pipeline.errors import PipeError
 from pipeline.io import atomic_dir, write_json
+from pipeline.outputs import check_output, die_with_parent, mark
 
 PARALLEL_MIN_MASKS = 150  # below this, starting worker processes costs more than it saves
 
@@ -39,8 +41,13 @@ def convert_all(cat: Category, params: ConvertParams, workers: int = 0) -> dict[
         workers = (os.cpu_count() or 1) if len(jobs) >= PARALLEL_MIN_MASKS else 1
     results: Iterable[tuple[str, list[dict[str, Any]]]]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(track(pool.map(_one, jobs, chunksize=8), f"converting {len(jobs)} masks", total=len(jobs)))
+        try:
+            with ProcessPoolExecutor(workers, initializer=die_with_parent) as pool:
+                results = list(track(pool.map(_one, jobs, chunksize=8), f"converting {len(jobs)} masks",
+                                     total=len(jobs)))
+        except BrokenProcessPool:
+            raise PipeError(f"{cat.root}: a conversion worker died (out of memory?); run again with --workers 1") \
+                from None
     else:
         results = list(track(map(_one, jobs), f"converting {len(jobs)} masks", total=len(jobs)))
     out: dict[str, list[dict[str, Any]]] = {s.rel: [] for s in cat.samples}
@@ -76,6 +83,7 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
                 add_train_good: bool = False, link_mode: str = "hardlink", workers: int = 0,
                 preview: int = 0) -> dict[str, Any]:
     """Convert ``cat`` into ``out`` (YOLO det/seg, COCO, splits.json, convert_report.json); return the report."""
+    check_output(out, "convert", [("the source category", cat.root)])  # before any work
     t0 = time.perf_counter()
     splits = make_splits(cat, ratios, seed)
     instances = convert_all(cat, params, workers)
@@ -122,5 +130,6 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
         if preview:
             write_previews(tmp / "preview", preview, sources, splits["labels"], instances, defects)
         write_json(tmp / "convert_report.json", report)
+        mark(tmp, "convert")
     report["timing_s"] = {"convert": round(t_convert, 3), "total": round(time.perf_counter() - t0, 3)}
     return report

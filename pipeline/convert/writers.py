@@ -30,6 +30,7 @@ def link(src: str | Path, dst: str | Path, mode: str = "hardlink") -> str:
     """
     order = {"hardlink": ["hardlink", "symlink", "copy"], "symlink": ["symlink", "hardlink", "copy"],
              "no-symlink": ["hardlink", "copy"], "copy": ["copy"]}[mode]
+    error: OSError | None = None
     for how in order:
         try:
             if how == "symlink":
@@ -39,9 +40,11 @@ def link(src: str | Path, dst: str | Path, mode: str = "hardlink") -> str:
             else:
                 shutil.copy2(src, dst)
             return how
-        except OSError:
-            continue
-    raise OSError(f"cannot link or copy {src} to {dst}")
+        except OSError as exc:
+            error = exc
+    assert error is not None
+    # the last attempt's cause (a full disk, a read-only folder), with the file it concerns
+    raise OSError(error.errno, error.strerror or str(error), str(dst)) from error
 
 
 def yolo_labels(instances: list[dict[str, Any]], class_ids: dict[str, int], kind: str) -> str:

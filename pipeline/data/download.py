@@ -87,6 +87,8 @@ def install(category: str, root: Path, source: Path | None = None, full: bool = 
     """Put ``<root>/<category>`` in place from the official download or from ``source``; return it."""
     spec = get_category(category)
     target = Path(root) / category
+    if target.exists() and not target.is_dir():
+        raise DataError(f"{target}: a file stands where the category folder goes; move it away and run again")
     if target.exists() and not force:
         info(f"{target} already exists; pass --force to replace it")
         return target

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.console import track
 from pipeline.data.categories import CategorySpec, get_category
 from pipeline.data.layout import SYNTHETIC_MARKER
+from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
 
 GENERATOR_VERSION = 1
@@ -145,6 +146,10 @@ def synthesize(
     jobs += [("test", "good", i) for i in range(test_good)]
     jobs += [("test", d, i) for d in spec.defects for i in range(test_per_defect)]
     target = Path(root) / category
+    if target.exists() and not (target / SYNTHETIC_MARKER).is_file() and not (target.is_dir() and
+                                                                            not any(target.iterdir())):
+        raise DataError(f"{target}: holds a category that is not synthetic (no {SYNTHETIC_MARKER}); pipe synth "
+                        f"never writes over real data: pass another --root")
     with atomic_dir(target) as tmp:
         for split, label, i in track(jobs, f"synthesising {category} ({size}px)"):
             class_id = spec.classes.index(label)
