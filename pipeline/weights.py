@@ -2,12 +2,15 @@
 
 Order: ``weights/<file>`` first, then the official download (verified against the publisher's checksum),
 then either a one-line error with the manual fix or, only when the user allowed it, a random
-initialisation. Whatever happened is returned as a ``Resolved`` whose ``provenance`` every dependent
+initialisation. A file is used only once it is a PyTorch archive its family's loader can read (checked
+cheaply, also where no checksum is published) and matches the checksum; a stamp beside it records both
+checks so that the next run need not repeat them. Whatever happened is returned as a ``Resolved`` whose ``provenance`` every dependent
 output records, so a number from an untrained model can never pass for a pretrained one.
 """
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,20 +104,119 @@ def get_spec(name: str) -> WeightSpec:
         raise WeightsError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-def _verified_local(spec: WeightSpec, path: Path) -> str:
-    """Verify a local file once; the result is cached beside it, keyed by size and mtime."""
-    stamp = path.with_name(f".{path.name}.verified.json")
-    st = path.stat()
-    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if stamp.is_file():
-        cached = read_json(stamp)
-        if {k: cached.get(k) for k in key} == key:
-            return cached["sha256"]
+# torch.save's pre-1.6 format: a pickle stream whose first object is this magic number (pickled as a LONG1).
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# The archive formats each family's loader reads: SAM, torchvision and Ultralytics call torch.load on a
+# checkpoint; clip.load takes OpenAI's TorchScript archive or a plain state_dict.
+_CHECKPOINT = frozenset({"torch.save zip", "torch.save legacy"})
+_FORMATS = {"clip": _CHECKPOINT | {"torchscript zip"}}
+
+
+def _loadable(spec: WeightSpec) -> frozenset[str]:
+    """The archive formats ``spec``'s loader accepts."""
+    return _FORMATS.get(spec.family, _CHECKPOINT)
+
+
+def archive_format(spec: WeightSpec, path: Path) -> str:
+    """Name the PyTorch format of ``path`` if ``spec``'s loader can read it, else raise ``FetchError``.
+
+    Cheap next to loading (no unpickling, no model code), and run before any stamp is written, so that an
+    empty file, a download cut short or an HTML error page saved as ``.pt`` is refused with one line instead
+    of crashing a stage minutes later -- also for families whose publisher gives no checksum. Zip archives
+    are CRC-checked member by member, which catches truncation and corruption; a legacy (pre-1.6) file is
+    only recognised by its header, as nothing short of unpickling it shows where it should end.
+    """
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise FetchError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not head:
+        raise FetchError(f"{path}: empty file")
+    if head.startswith(b"PK\x03\x04"):
+        kind = _zip_format(path)
+    elif head.startswith(b"\x80") and _LEGACY_MAGIC in head:
+        kind = "torch.save legacy"
+    else:
+        html = " (an HTML page?)" if head.lstrip().startswith(b"<") else ""
+        raise FetchError(f"{path}: not a PyTorch file{html}")
+    if kind not in _loadable(spec):
+        raise FetchError(f"{path}: a {kind} file, which the {spec.family} loader cannot read")
+    return kind
+
+
+def _zip_format(path: Path) -> str:
+    """Tell a torch.save archive from a TorchScript one, after checking every member's CRC."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            # torch.serialization.set_crc32_options(False) writes every CRC as 0: nothing to compare then.
+            bad = zf.testzip() if any(i.CRC for i in infos if i.file_size) else None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise FetchError(f"{path}: truncated or corrupt archive ({exc})") from None
+    if bad is not None:
+        raise FetchError(f"{path}: corrupt archive ({bad} fails its CRC check)")
+    names = {i.filename.split("/", 1)[-1] for i in infos}
+    if "constants.pkl" in names or any(n.startswith("code/") for n in names):
+        return "torchscript zip"
+    if "data.pkl" in names:
+        return "torch.save zip"
+    raise FetchError(f"{path}: a zip archive without data.pkl, not a PyTorch file")
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified.json")
+
+
+def _stamp_key(spec: WeightSpec, path: Path) -> dict[str, Any]:
+    """What a stamp must match to be trusted: the file as it is now, and the checksum it was held against."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "checksum": spec.checksum}
+
+
+def _stamped_digest(spec: WeightSpec, path: Path) -> str | None:
+    """The sha256 a valid stamp records; None when there is none, it is unreadable or anything changed."""
+    try:
+        cached = read_json(_stamp_path(path))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cached, dict) or cached.get("format") not in _loadable(spec):
+        return None
+    if any(cached.get(k) != v for k, v in _stamp_key(spec, path).items()):
+        return None
+    digest = cached.get("sha256")
+    return digest if isinstance(digest, str) else None
+
+
+def _write_stamp(spec: WeightSpec, path: Path, digest: str, kind: str) -> None:
+    """Record the verification beside the file; a read-only weights folder just means verifying again."""
+    try:
+        write_json(_stamp_path(path), {**_stamp_key(spec, path), "sha256": digest, "format": kind})
+    except OSError:
+        pass
+
+
+def _verified_local(spec: WeightSpec, path: Path) -> str:
+    """Check a local file's format and checksum once; the stamp beside it saves the next run from re-hashing."""
+    digest = _stamped_digest(spec, path)
+    if digest is not None:
+        return digest
+    try:
+        kind = archive_format(spec, path)
         digest = verify(path, sha256=spec.sha256, md5=spec.md5, sha256_prefix=spec.sha256_prefix)
     except FetchError as exc:
-        raise WeightsError(f"{exc}; delete it and fetch again with `pipe weights fetch {spec.name}`") from None
-    write_json(stamp, {**key, "sha256": digest})
+        raise WeightsError(f"{exc}; delete it and run `pipe weights fetch {spec.name}`, or download {spec.url} "
+                           f"into {path.parent}/ by hand") from None
+    _write_stamp(spec, path, digest, kind)
+    return digest
+
+
+def _download(spec: WeightSpec, path: Path) -> str:
+    """Fetch the official file; it is renamed into place only once complete, verified and loadable."""
+    kinds: list[str] = []
+    digest = fetch(spec.url, path, sha256=spec.sha256, md5=spec.md5, sha256_prefix=spec.sha256_prefix,
+                   check=lambda part: kinds.append(archive_format(spec, part)))
+    _write_stamp(spec, path, digest, kinds[-1])
     return digest
 
 
@@ -128,8 +230,7 @@ def resolve(name: str, weights_dir: str | Path = "weights", allow_random_init: b
     reason = "download disabled"
     if download:
         try:
-            digest = fetch(spec.url, path, sha256=spec.sha256, md5=spec.md5, sha256_prefix=spec.sha256_prefix)
-            return Resolved(spec, path, "downloaded", digest)
+            return Resolved(spec, path, "downloaded", _download(spec, path))
         except FetchError as exc:
             reason = str(exc)
     if allow_random_init:
@@ -153,4 +254,5 @@ def local_status(weights_dir: str | Path = "weights") -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["REGISTRY", "Resolved", "WeightSpec", "get_spec", "local_status", "resolve", "file_digest"]
+__all__ = ["REGISTRY", "Resolved", "WeightSpec", "archive_format", "get_spec", "local_status", "resolve",
+           "file_digest"]

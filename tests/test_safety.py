@@ -113,6 +113,18 @@ def test_download_keeps_an_existing_category_without_force(tiny_copy, tmp_path, 
     assert tree(tiny_copy) == before
 
 
+def test_download_force_keeps_the_old_category_until_the_new_one_is_verified(tiny_copy, tmp_path, capsys):
+    import shutil
+
+    before = tree(tiny_copy)
+    broken = tmp_path / "broken" / "bottle"
+    shutil.copytree(tiny_copy / "bottle", broken)
+    next(broken.glob("ground_truth/*/*.png")).unlink()  # a defect image without its mask
+    code, err = pipe(capsys, "download", "bottle", "--root", str(tiny_copy), "--from", str(broken.parent), "--force")
+    assert code == 2 and "without its mask" in one_line_error(err)
+    assert tree(tiny_copy) == before and not [p for p in tiny_copy.iterdir() if p.name.startswith(".")]
+
+
 # --- 3. one line, exit 2, nothing half-written; leftovers; workers; permissions --------------------------------
 
 
