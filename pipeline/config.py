@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -54,9 +54,25 @@ class SynthConfig(Section):
 
 
 class SplitRatios(Section):
-    train: float = Field(gt=0)
-    val: float = Field(gt=0)
-    test: float = Field(gt=0)
+    """Fractions of MVTec's test/ images per split.
+
+    Checked as a whole rather than normalised: a ``--set convert.split={train: .8, test: .2}`` merges with
+    the default ``val`` and would otherwise be silently rescaled to ratios nobody asked for.
+    """
+
+    train: float
+    val: float
+    test: float
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitRatios:
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        total = sum(parts.values())
+        if all(0 < v < 1 for v in parts.values()) and abs(total - 1) <= 1e-6:
+            return self
+        got = " + ".join(f"{k} {v:g}" for k, v in parts.items())
+        raise ValueError(f"train, val and test must each be in (0, 1) and sum to 1 (got {total:g}: {got}); give all "
+                         "three, e.g. {train: 0.6, val: 0.2, test: 0.2} (keys not given keep their earlier value)")
 
 
 class ConvertConfig(Section):
@@ -201,10 +217,17 @@ class Config(Section):
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """One config layer as a mapping; any OS, decoding or YAML error is a one-line ``ConfigError``."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file; pass a YAML file (e.g. {path}/<name>.yaml)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (check the path, or list configs/ for what exists)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc}); check the file's permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -307,8 +330,9 @@ def validate(model: type[M], merged: dict[str, Any], layers: list[tuple[str, dic
             source = layers[0][0]
             msg = f"missing key (every key needs a default in {layers[0][0]})"
         else:
-            got = err.get("input")
-            msg = f"{err['msg'].removeprefix('Value error, ')} (got {got!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            if "(got " not in msg:  # a validator that already quotes the value it rejects says it better
+                msg += f" (got {err.get('input')!r})"
         raise ConfigError(f"{source}: {key}: {msg}") from None
 
 

@@ -89,3 +89,42 @@ def test_every_shipped_config_validates():
     for f in CONFIG_DIR.glob("*.yaml"):
         if f.stem != "default":
             load_config(f.stem)
+
+
+def test_split_fractions_must_each_be_in_0_1_and_sum_to_1(tmp_path):
+    # a --set merges with the default val: 0.8 + 0.2 + 0.2 must be refused, not renormalised to 67/17/17 %
+    with pytest.raises(ConfigError) as exc:
+        load_config("bottle", overrides=["convert.split={train: .8, test: .2}"])
+    msg = str(exc.value)
+    assert msg.startswith("--set convert.split={train: .8, test: .2}: convert.split: ") and "\n" not in msg
+    assert "sum to 1 (got 1.2: train 0.8 + val 0.2 + test 0.2)" in msg
+    with pytest.raises(ConfigError, match=r"--set convert.split.val=0: convert.split: .*each be in \(0, 1\)"):
+        load_config("bottle", overrides=["convert.split={train: 0.9, test: 0.1}", "convert.split.val=0"])
+    bad = tmp_path / "split.yaml"
+    bad.write_text("convert:\n  split: {train: 1.0, val: 0.0, test: 0.0}\n")
+    with pytest.raises(ConfigError, match=r"split.yaml: convert.split: .*each be in \(0, 1\)"):
+        load_config("bottle", files=[bad])
+    ok = load_config("bottle", overrides=["convert.split={train: 0.7, val: 0.2, test: 0.1}"])  # sums to 0.999…9
+    assert (ok.convert.split.train, ok.convert.split.val, ok.convert.split.test) == (0.7, 0.2, 0.1)
+
+
+def test_unusable_config_files_are_one_line_errors(tmp_path, monkeypatch):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("# réglages\nsynth:\n  size: 64\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte \d+: .*\); save it as UTF-8"):
+        load_config("bottle", files=[latin1])
+    with pytest.raises(ConfigError, match=r": is a folder, not a config file; pass a YAML file"):
+        load_config("bottle", files=[tmp_path])
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("synth:\n  size: 64\n")
+
+    read_text = type(locked).read_text
+
+    def refuse(self, *args, **kwargs):  # chmod 000 does not stop root, so refuse the read itself
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(locked), "read_text", refuse)
+    with pytest.raises(ConfigError, match=r"locked.yaml: cannot read \(Permission denied\); check the file's"):
+        load_config("bottle", files=[locked])

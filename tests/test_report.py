@@ -86,7 +86,7 @@ def test_report_without_stage_outputs_says_what_to_run(tmp_path):
     cfg = load_config("bottle", "tiny")
     summary = build_report(cfg, tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "`pipe finetune yolo <category>`" in md and "`pipe classify <category>`" in md
+    assert "Not run: `pipe finetune yolo bottle` produces" in md and "Not run: `pipe classify bottle` produces" in md
     assert summary["detection"] is None and summary["classification"] is None
 
 
@@ -121,7 +121,8 @@ def test_just_all_tiny_end_to_end_then_everything_is_skipped(tmp_path):
     html = (runs / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') >= 3 and 'src="runs/' not in html and "<img src=\"/" not in html
     summary = read_json(runs / "summary.json")
-    assert summary["meaningful"] is False and summary["device"] == "cpu"
+    assert summary["meaningful"] is False and summary["device"] == "cpu" and summary["not_run"] == []
+    assert summary["measured"] == ["stats", "convert", "yolo", "sam", "classify"] and "Not run:" not in md
     assert summary["classification"]["best_attempt"] in "ABCD" and summary["detection"]["map50_finetuned"] >= 0
     assert all(summary["wall_s"][k] > 0 for k in ("stats", "convert", "yolo", "sam", "classify"))
     for stage in ("stats", "convert", "yolo", "sam", "classify", "report"):

@@ -71,9 +71,19 @@ def read_mask_raw(path: Path) -> np.ndarray:
 
 
 def is_binary(mask: np.ndarray) -> bool:
+    """Stored as MVTec does: only 0 and 255."""
     return bool(np.isin(mask, (0, 255)).all())
 
 
+def is_zero_one(mask: np.ndarray) -> bool:
+    """Stored as {0, 1} (common in re-exported copies): thresholding it at 128 would erase every defect."""
+    return mask.size > 0 and int(mask.max()) == 1
+
+
 def binarize(mask: np.ndarray, threshold: int = 128) -> np.ndarray:
-    """Boolean mask: True where the stored value is at least ``threshold``."""
-    return mask >= threshold
+    """Boolean mask: True where the stored value is at least ``threshold``.
+
+    A mask whose maximum is 1 is read as a {0, 1} mask (foreground where it is 1), so that every caller,
+    not only the validation, keeps the defects of such a copy instead of reading them as background.
+    """
+    return mask >= (1 if is_zero_one(mask) else threshold)

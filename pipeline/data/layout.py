@@ -1,9 +1,10 @@
 """Scanning and validating one MVTec AD category on disk.
 
 ``load_category`` checks everything a later stage relies on before any stage writes anything: every
-defect image has its mask, each mask matches its image's size, every PNG is intact. The only problem it
-tolerates is a non-binary mask, which it thresholds with a warning (some re-encoded copies of MVTec have
-anti-aliased masks).
+defect image has its mask, each mask matches its image's size and marks some defect, every PNG is intact,
+every defect folder holds images. What it tolerates is how a mask is stored: a {0, 1} mask is read as such
+(with a note) and any other non-binary mask is thresholded with a warning (some re-encoded copies of MVTec
+have anti-aliased masks). A defect must never silently become background.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.console import track, warn
+from pipeline.console import info, track, warn
 from pipeline.data.categories import CategorySpec, get_category
-from pipeline.data.images import ImageInfo, binarize, is_binary, probe, read_mask_raw
+from pipeline.data.images import ImageInfo, binarize, is_binary, is_zero_one, probe, read_mask_raw
 from pipeline.errors import DataError
 from pipeline.io import read_json
 
@@ -44,6 +45,7 @@ class Category:
     info: dict[str, ImageInfo]
     mask_threshold: int = 128
     nonbinary_masks: list[str] = field(default_factory=list)
+    zero_one_masks: list[str] = field(default_factory=list)  # stored as {0, 1}, read with 1 as the defect
     synthetic: dict[str, Any] | None = None
 
     @property
@@ -104,11 +106,18 @@ def scan(cat: Path, spec: CategorySpec) -> list[Sample]:
             raise DataError(
                 f"{folder}: unknown defect class {label!r} for {spec.name} (expected one of: {', '.join(spec.defects)})"
             )
-        for p in _pngs(folder):
+        pngs = _pngs(folder)
+        if not pngs and label != "good":
+            raise DataError(f"{folder}: defect folder holds no PNG images; re-extract the category, or remove the "
+                            "empty folder if the class is deliberately left out")
+        for p in pngs:
             mask = None if label == "good" else cat / "ground_truth" / label / f"{p.stem}_mask.png"
             samples.append(Sample(f"test/{label}/{p.name}", "test", label, p, mask))
     if not samples:
         raise DataError(f"{cat}: no PNG images found under train/good or test/")
+    if not any(s.mask is not None for s in samples):
+        raise DataError(f"{test}: no defect images (no test/<defect>/ folder with PNGs); every stage needs defects "
+                        f"to learn and measure: re-extract the category (expected some of: {', '.join(spec.defects)})")
     return samples
 
 
@@ -121,38 +130,56 @@ def validate_dir(cat_dir: Path, spec: CategorySpec, mask_threshold: int = 128) -
     """Validate a category folder (also a staging folder not yet named after its category)."""
     samples = scan(cat_dir, spec)
     problems: list[str] = []
-    info: dict[str, ImageInfo] = {}
+    infos: dict[str, ImageInfo] = {}
     nonbinary: list[str] = []
+    zero_one: list[str] = []
     for s in track(samples, f"validating {spec.name}"):
         try:
-            info[s.rel] = probe(s.image)
+            infos[s.rel] = probe(s.image)
         except DataError as exc:
             problems.append(str(exc))
             continue
-        if s.mask is None:
-            continue
-        if not s.mask.is_file():
-            problems.append(f"{s.image}: defect image without its mask (expected {s.mask})")
-            continue
-        try:
-            minfo = probe(s.mask)
-        except DataError as exc:
-            problems.append(str(exc))
-            continue
-        img = info[s.rel]
-        if (minfo.width, minfo.height) != (img.width, img.height):
-            problems.append(
-                f"{s.mask}: mask is {minfo.width}x{minfo.height} but its image {s.image.name} is "
-                f"{img.width}x{img.height}; masks must match their image pixel for pixel"
-            )
-            continue
-        if not is_binary(read_mask_raw(s.mask)):
-            nonbinary.append(str(s.mask))
+        if s.mask is not None:
+            problem = _check_mask(s.image, s.mask, infos[s.rel], mask_threshold, nonbinary, zero_one)
+            if problem:
+                problems.append(problem)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise DataError(problems[0] + more)
+    if zero_one:
+        info(f"{spec.name}: {len(zero_one)} mask(s) stored as 0/1 instead of 0/255 (e.g. {zero_one[0]}); "
+             "read with 1 as the defect")
     for m in nonbinary:
         warn(f"{m}: mask is not binary (values other than 0/255); thresholding at {mask_threshold}")
     marker = cat_dir / SYNTHETIC_MARKER
     synthetic = read_json(marker) if marker.is_file() else None
-    return Category(spec, cat_dir, samples, info, mask_threshold, nonbinary, synthetic)
+    return Category(spec, cat_dir, samples, infos, mask_threshold, nonbinary_masks=nonbinary,
+                    zero_one_masks=zero_one, synthetic=synthetic)
+
+
+def _check_mask(image: Path, mask: Path, img: ImageInfo, threshold: int,
+                nonbinary: list[str], zero_one: list[str]) -> str | None:
+    """The problem with a defect image's mask, or None; notes how the mask is stored in ``nonbinary``/``zero_one``.
+
+    A mask that marks nothing once binarised is a problem, not a warning: the image would silently
+    become a defect image with no defect, and every stage would learn and measure the wrong thing.
+    """
+    if not mask.is_file():
+        return f"{image}: defect image without its mask (expected {mask})"
+    try:
+        minfo = probe(mask)
+        if (minfo.width, minfo.height) != (img.width, img.height):
+            return (f"{mask}: mask is {minfo.width}x{minfo.height} but its image {image.name} is "
+                    f"{img.width}x{img.height}; masks must match their image pixel for pixel")
+        raw = read_mask_raw(mask)
+    except DataError as exc:
+        return str(exc)
+    if is_zero_one(raw):
+        zero_one.append(str(mask))
+    elif not is_binary(raw):
+        nonbinary.append(str(mask))
+    if binarize(raw, threshold).any():
+        return None
+    why = "all zero" if not raw.any() else f"every value below data.mask_threshold={threshold}, maximum {int(raw.max())}"
+    return (f"{mask}: mask of defect image {image.name} marks no defect ({why}); fix the mask, "
+            "or move the image to test/good if it shows no defect")

@@ -76,6 +76,7 @@ def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None) -> 
                    "mode": "/".join(MODES.get(c, f"{c}-channel") for c in sorted(channels))},
         "masks": mask_stats,
         "nonbinary_masks": cat.nonbinary_masks,
+        "zero_one_masks": cat.zero_one_masks,
     }
 
 
@@ -112,6 +113,8 @@ def card_markdown(card: dict[str, Any]) -> str:
                      f"{k['mean']:.2f}, {int(k['max'])} | {_fmt(c['min'])}, {_fmt(c['median'], 0)}, {_fmt(c['max'])} |")
     if card["nonbinary_masks"]:
         lines += ["", f"{len(card['nonbinary_masks'])} mask(s) were not binary and were thresholded."]
+    if card.get("zero_one_masks"):  # .get: cards written before this field existed
+        lines += ["", f"{len(card['zero_one_masks'])} mask(s) were stored as 0/1 and read with 1 as the defect."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,23 +15,52 @@ from pipeline.stages.classify.report import attempts_rows, recall_rows
 
 Stage = dict[str, Any] | None
 
+# What each stage's output is called in the report, and the command that writes it.
+OUTPUTS = {"stats": "the dataset card", "convert": "the converted dataset", "yolo": "the detection metrics",
+           "sam": "the segmentation metrics", "classify": "the classification metrics"}
+COMMANDS = {"stats": "pipe stats", "convert": "pipe convert", "yolo": "pipe finetune yolo",
+            "sam": "pipe finetune sam", "classify": "pipe classify"}
+WEIGHTED = ("yolo", "sam", "classify")  # the stages whose numbers depend on model weights
 
-def _missing(doc: Document, what: str, command: str) -> None:
-    doc.text(f"Not run yet: `{command}` writes {what}.")
+
+def command(stage: str, category: str) -> str:
+    return f"{COMMANDS[stage]} {category}"
 
 
-def headline(doc: Document, caveats: list[str]) -> None:
+def _missing(doc: Document, stage: str, category: str) -> None:
+    """A section whose stage has not run says so, and how to fill it, instead of disappearing."""
+    doc.text(f"Not run: `{command(stage, category)}` produces {OUTPUTS[stage]}.")
+
+
+def headline(doc: Document, category: str, measured: list[str], caveats: list[str], real_data: bool) -> None:
+    """The first line: what was actually measured, and nothing more.
+
+    It claims real MVTec AD data only when every stage that ran recorded real data, and pretrained weights
+    only when a stage that uses weights ran and none of them was untrained.
+    """
+    if not measured:
+        return doc.callout(f"Nothing has been measured yet: no stage outputs for {category} (run `just all`, or "
+                           f"`{command('stats', category)}`, `{command('convert', category)}` and the stages after "
+                           "them). Each section below names the command that fills it.")
+    not_run = [OUTPUTS[s] for s in COMMANDS if s not in measured]
+    scope = (f"Measured: {', '.join(OUTPUTS[s] for s in measured)}"
+             + (f"; not run: {', '.join(not_run)}." if not_run else "."))
     if caveats:
-        doc.callout("These numbers come from " + " and ".join(caveats) + ". They show that the pipeline runs "
-                    "end to end; they say nothing about how well it finds real defects.")
-    else:
-        doc.text("All numbers below were measured on the genuine MVTec AD images with pretrained weights.")
+        return doc.callout("These numbers come from " + " and ".join(caveats) + ". They show that the pipeline runs "
+                           f"end to end; they say nothing about how well it finds real defects. {scope}")
+    if not real_data:
+        return doc.callout(f"{scope} The outputs do not all record real MVTec AD data, so these numbers may not "
+                           "describe it; rerun the stages to record their data.")
+    if any(s in WEIGHTED for s in measured):
+        return doc.text(f"All numbers below were measured on the genuine MVTec AD images with pretrained weights. "
+                        f"{scope}")
+    doc.text(f"The numbers below describe the genuine MVTec AD images; no model has been evaluated yet. {scope}")
 
 
-def dataset(doc: Document, card: Stage) -> None:
+def dataset(doc: Document, card: Stage, category: str) -> None:
     doc.heading("Dataset")
     if card is None:
-        return _missing(doc, "the dataset card", "pipe stats <category>")
+        return _missing(doc, "stats", category)
     data = card.get("data") or {}
     names = [c["name"] for c in card["classes"]]
     sizes = ", ".join(f"{k} px ({v})" for k, v in card["images"]["sizes"].items())
@@ -55,10 +84,10 @@ def _by_class(per_split: dict[str, dict[str, int]]) -> tuple[list[str], list[lis
     return ["class", *splits], [[c, *(per_split[s].get(c, 0) for s in splits)] for c in classes]
 
 
-def converted(doc: Document, report: Stage) -> None:
+def converted(doc: Document, report: Stage, category: str) -> None:
     doc.heading("Converted dataset")
     if report is None:
-        return _missing(doc, "YOLO and COCO datasets", "pipe convert <category>")
+        return _missing(doc, "convert", category)
     doc.text(f"Images per split: {', '.join(f'{s} {n}' for s, n in report['images_per_split'].items())}; "
              f"{report['fidelity']['instances']} defect instances, per class and split:")
     doc.table(*_by_class(report["instances_per_class"]))
@@ -68,10 +97,10 @@ def converted(doc: Document, report: Stage) -> None:
         ["YOLO-seg polygon IoU, minimum", f.get("yolo_seg_iou_min")], ["YOLO boxes exact", f.get("yolo_boxes_exact")]])
 
 
-def detection(doc: Document, yolo: Stage, figures: Path) -> None:
+def detection(doc: Document, yolo: Stage, figures: Path, category: str) -> None:
     doc.heading("Detection (YOLO-World)")
     if yolo is None:
-        return _missing(doc, "detection metrics", "pipe finetune yolo <category>")
+        return _missing(doc, "yolo", category)
     z, f = yolo["zero_shot"], yolo["finetuned"]
     doc.table(["model", "mAP50", "mAP50-95", "precision", "recall", "test images", "instances"],
               [[name, m["map50"], m["map50_95"], m["precision"], m["recall"], m["images"], m["instances"]]
@@ -84,10 +113,10 @@ def detection(doc: Document, yolo: Stage, figures: Path) -> None:
     doc.images([pr], "Precision-recall on the test split, before and after fine-tuning")
 
 
-def segmentation(doc: Document, sam: Stage) -> None:
+def segmentation(doc: Document, sam: Stage, category: str) -> None:
     doc.heading("Segmentation (SAM)")
     if sam is None:
-        return _missing(doc, "segmentation metrics", "pipe finetune sam <category>")
+        return _missing(doc, "sam", category)
     modes = [("zero-shot, true boxes", sam["zero_shot"]), ("fine-tuned, true boxes", sam["finetuned"])]
     if sam.get("detector_prompted"):
         modes.append(("fine-tuned, YOLO boxes", sam["detector_prompted"]))
@@ -103,10 +132,10 @@ def segmentation(doc: Document, sam: Stage) -> None:
     doc.bullets([f"Caveat: {c}" for c in sam["zero_shot"].get("caveats", [])])
 
 
-def classification(doc: Document, cls: Stage) -> None:
+def classification(doc: Document, cls: Stage, category: str) -> None:
     doc.heading("Classification (good vs each defect)")
     if cls is None:
-        return _missing(doc, "the backbone comparison", "pipe classify <category>")
+        return _missing(doc, "classify", category)
     doc.text(f"Images: {', '.join(f'{k} {v}' for k, v in cls['images'].items())}; classes: "
              f"{', '.join(cls['classes'])}.")
     doc.table(*attempts_rows(cls["attempts"]))
@@ -176,7 +205,10 @@ def provenance(doc: Document, stages: dict[str, Stage]) -> None:
                 seen[w["name"]] = w
         rows += [["classify", n, w["source"], w.get("file"), (w.get("sha256") or "")[:16] or None]
                  for n, w in seen.items()]
-    doc.table(["stage", "weights", "source", "file", "sha256 (prefix)"], rows)
+    if rows:
+        doc.table(["stage", "weights", "source", "file", "sha256 (prefix)"], rows)
+    else:
+        doc.text("No stage that uses weights has run yet.")
     data = next((v["data"] for v in stages.values() if v and "data" in v and "splits_sha256" in v.get("data", {})), None)
     if data:
         doc.text(f"Data: {data['provenance']} `{data['dataset']}`, splits.json sha256 "
