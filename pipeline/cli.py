@@ -509,6 +509,9 @@ def report(
                 protected=_protected(cfg, Path(cfg.paths.datasets) / category), accepts=("workspace",)) as run:
         if run:
             summary = build_report(cfg, run.work)
+            if not summary.get("measured"):
+                info(f"[bold red]nothing measured yet[/]: run `just all` (or `pipe convert {category}` and the "
+                     f"stages) first")
             for caveat in summary["caveats"]:
                 info(f"[bold red]numbers from {caveat}[/]")
             info(f"wrote {target}/report.md, report.html, summary.json")

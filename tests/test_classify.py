@@ -19,6 +19,7 @@ from pipeline.convert.run import run_convert
 from pipeline.data.layout import load_category
 from pipeline.data.synth import synthesize
 from pipeline.errors import ConfigError
+from pipeline.fetch import file_digest
 from pipeline.io import read_json
 from pipeline.stages.classify.attempts import load_attempt, load_attempts
 from pipeline.stages.classify.data import (EpochSampler, ImageCache, load_labelled, shared_split,
@@ -90,6 +91,9 @@ def test_folds_compare_and_cli(cls_dataset, tmp_path):
         "without": "A", "with": "A+balanced_softmax"}
     assert set(c["with"]["recall"]) == set(m["classes"]) and "out-of-fold" in c["basis"]
     assert (tmp_path / "o" / "runs" / "A+balanced_softmax" / "fold-2.json").is_file()
+    best = m["attempts"][0]["best_weights"]  # the long-tail variant keeps its own weights, not over A's
+    assert best["sha256"] == file_digest(tmp_path / "o" / "A" / "best.pt")
+    assert (tmp_path / "o" / "A+balanced_softmax" / "best.pt").is_file()
     assert (tmp_path / "o" / "confusion" / "A-cv.png").is_file()
     assert "## Long tail: attempt A without and with balanced_softmax" in (tmp_path / "o" / "attempts.md").read_text()
 

@@ -184,7 +184,7 @@ def test_nproc_per_node_relaunches_under_torchrun(monkeypatch):
     import sys
 
     seen = {}
-    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: seen.setdefault("cmd", cmd) and 0)
     monkeypatch.setattr(sys, "argv", ["pipe", "finetune", "sam", "bottle", "--nproc-per-node", "2", "--epochs", "1"])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     result = CliRunner().invoke(app, ["finetune", "sam", "bottle", "--nproc-per-node", "2", "--epochs", "1"])

@@ -1,4 +1,5 @@
-"""What every stage shares: the dataset it reads, the record it writes, and the clock it keeps.
+"""What every stage shares: the dataset it reads, the record it writes, the clock it keeps, and the check
+that ``--resume`` continues only what was started with the same settings and data.
 
 A stage's ``metrics.json`` must let a reader tell measured from meaningless numbers, so every stage
 records the same provenance block (device and versions, data real or synthetic, config) through here.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ from pipeline.config import Config, dump
 from pipeline.convert.splits import load_splits
 from pipeline.device import environment, select_device
 from pipeline.errors import DataError
+from pipeline.fetch import file_digest
 from pipeline.training import distributed
+from pipeline.training.resume import RECORD, guard, trained_with
+from pipeline.uptodate import SECTIONS
 
 
 class Phases:
@@ -66,3 +70,43 @@ def stage_record(stage: str, cfg: Config, device: str, dataset_dir: Path) -> dic
     """The block every ``metrics.json`` starts with."""
     return {"stage": stage, "category": cfg.category, "device": device, "environment": environment(device),
             "data": dataset_record(dataset_dir), "config": dump(cfg)}
+
+
+def training_data(dataset_dir: Path, files: Sequence[str], images: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """What a run learns from, by content: the sha256 of the named dataset files (splits, annotations) and one
+    digest over every (image name, image sha256) pair. Paths are left out, so a moved dataset still resumes;
+    a re-converted one with other contents does not."""
+    record = {name: file_digest(Path(dataset_dir) / name) for name in files}
+    h = hashlib.sha256()
+    for name, digest in sorted(images):
+        h.update(f"{name}\0{digest}\n".encode())
+    record["images_sha256"] = h.hexdigest()
+    return record
+
+
+def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
+    """``config`` less one dotted key (a copy; the dumped config is shared with ``metrics.json``)."""
+    head, _, rest = dotted.partition(".")
+    if head not in config:
+        return config
+    if not rest:
+        return {k: v for k, v in config.items() if k != head}
+    return {**config, head: _without(dict(config[head]), rest)} if isinstance(config[head], Mapping) else config
+
+
+def guard_resume(stage: str, cfg: Config, out: Path, d: distributed.Dist, resume: bool, data: Mapping[str, Any],
+                 extra: Mapping[str, Any] | None = None, ignore: Sequence[str] = ()) -> None:
+    """Before a training stage touches ``out``: record what it trains with, or on ``--resume`` refuse (one line
+    naming the differing keys) to continue a run that was trained with other settings or data.
+
+    The stage's config sections (``uptodate.SECTIONS``) less ``ignore`` (dotted keys that only say where
+    things are kept), plus ``extra`` (what the config names but does not contain, e.g. recipe files), are
+    compared. Rank 0 writes the record; under DDP the other ranks check a resumed run's record too, so every
+    process stops, not only the one that writes.
+    """
+    config = trained_with(dump(cfg), SECTIONS[stage])
+    for key in ignore:
+        config = _without(config, key)
+    config.update(extra or {})
+    if d.main or (resume and (Path(out) / RECORD).is_file()):
+        guard(Path(out), config, data, resume)

@@ -26,10 +26,16 @@ def autocast(device: str, enabled: bool = True) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-def save(path: Path, state: dict[str, Any]) -> Path:
-    """``torch.save`` through a temporary sibling and a rename: a crash never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def save(path: Path, state: Any) -> Path:
+    """``torch.save`` through a temporary sibling and a rename: a crash never leaves half a checkpoint.
+
+    The archive is written through an open file, not to the temporary path: given a path, ``torch.save``
+    names the zip archive's inner folder after it, and the random temporary name would make two saves of
+    the same weights differ in bytes (and in sha256). Through a file object the folder is always
+    ``archive``, so equal state gives equal files.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
     return Path(path)
 
 

@@ -1,8 +1,11 @@
 """``pipe classify``: every attempt on the shared split and on K stratified folds, plus one long-tail comparison.
 
 Jobs are (attempt, long-tail variant, fold). Each finished job is written to ``runs/<job>/<fold>.json``
-at once, so ``--resume`` after an interruption redoes only the unfinished ones. Under ``torchrun`` every
-process trains every job on its shard; rank 0 writes. ``metrics.json`` and ``attempts.md`` come last.
+at once, so ``--resume`` after an interruption redoes only the unfinished ones: a job interrupted part-way
+is trained again from its start, and since every job starts from the same seed, the resumed run's results
+equal an uninterrupted one's. A resume under other settings, recipes or data is refused (``run_inputs.json``).
+Under ``torchrun`` every process trains every job on its shard; rank 0 writes. ``metrics.json`` and
+``attempts.md`` come last.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from pipeline.stages.classify.attempts import Attempt, load_attempt, load_attemp
 from pipeline.stages.classify.data import Fold, ImageCache, Labelled, load_labelled, shared_split, stratified_folds
 from pipeline.stages.classify.models import build, provenance, resolve_backbones
 from pipeline.stages.classify.train import Options, fit
-from pipeline.stages.common import Phases, start
+from pipeline.stages.common import Phases, guard_resume, start, training_data
 from pipeline.training import distributed
 from pipeline.training.state import save, seed_everything
+from pipeline.weights import Resolved
 
 
 class Runner:
@@ -33,21 +37,26 @@ class Runner:
     def __init__(self, cfg: Config, data: Labelled, out: Path, o: Options, d: distributed.Dist, resume: bool) -> None:
         self.cfg, self.data, self.out, self.o, self.d, self.resume = cfg, data, out, o, d, resume
         self.cache = ImageCache(cfg.classify.cache)
-        self.weights: dict[str, Any] = {}
+        self.weights: dict[str, Resolved] = {}
+
+    def resolve(self, attempts: list[Attempt]) -> dict[str, Resolved]:
+        """The ImageNet weights of every backbone the attempts use, looked up once per run and before any job:
+        a resumed run reuses finished jobs but still records (and ``protocol`` reads) every attempt's weights."""
+        missing = [b for a in attempts for b in a.backbones if b not in self.weights]
+        self.weights.update(resolve_backbones(missing, Path(self.cfg.paths.weights), self.cfg.allow_random_init))
+        return self.weights
 
     def job(self, a: Attempt, fold: Fold, tag: str) -> dict[str, Any]:
         path = self.out / "runs" / tag / f"{fold.name}.json"
         if self.resume and path.is_file():
             info(f"{tag} {fold.name}: finished earlier, reusing {path}")
             return read_json(path)
-        missing = [b for b in a.backbones if b not in self.weights]
-        self.weights.update(resolve_backbones(missing, Path(self.cfg.paths.weights), self.cfg.allow_random_init))
-        seed_everything(self.o.seed)
+        seed_everything(self.o.seed)  # every job starts alike: a job redone after an interruption gives the same result
         model = build(a, len(self.data.classes), self.weights)
         result = fit(model, a, fold, self.data.classes, self.cache, self.o, self.d, label=f"{tag} {fold.name}")
         if self.d.main:
-            if fold.name == "split":
-                weights = save(self.out / a.id / "best.pt", {"attempt": a.model_dump(), "classes": self.data.classes,
+            if fold.name == "split":  # under the job's tag: a long-tail variant of A must not overwrite A's weights
+                weights = save(self.out / tag / "best.pt", {"attempt": a.model_dump(), "classes": self.data.classes,
                                                              "state_dict": model.state_dict()})
                 result["best_weights"] = {"file": str(weights), "sha256": file_digest(weights)}
             write_json(path, result)
@@ -55,6 +64,7 @@ class Runner:
 
     def protocol(self, a: Attempt, tag: str, folds: list[Fold]) -> dict[str, Any]:
         """The shared split, then every fold; returns the attempt's entry for metrics.json."""
+        self.resolve([a])  # its jobs may all have finished before a resume
         split = self.job(a, shared_split(self.data, self.cfg.classify.add_train_good), tag)
         results = [self.job(a, f, tag) for f in folds]
         entry = {"id": a.id, "tag": tag, "name": a.name, "config": a.source, "hyperparameters": a.hyperparameters(),
@@ -99,12 +109,19 @@ def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False
     attempts = load_attempts(c)  # every config error before any training
     data = load_labelled(dataset_dir, c.classes)
     folds = stratified_folds(data, c.folds, cfg.seed, c.add_train_good) if c.folds else []
+    o = Options(device, cfg.seed, c.select, c.amp, c.channels_last, c.workers)
+    runner = Runner(cfg, data, out, o, d, resume)
+    weights = runner.resolve(attempts)
+    # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
+    guard_resume("classify", cfg, out, d, resume, {
+        **training_data(dataset_dir, ["splits.json"],
+                        ((s.rel, file_digest(s.path)) for s in [*data.pool, *data.train_good])),
+        "weights": {b: w.sha256 or "random-init" for b, w in sorted(weights.items())}},
+        extra={"recipes": {a.id: a.model_dump(exclude={"source"}) for a in attempts}})
     if d.main:
         (out / "metrics.json").unlink(missing_ok=True)
         if not resume:
             shutil.rmtree(out / "runs", ignore_errors=True)
-    o = Options(device, cfg.seed, c.select, c.amp, c.channels_last, c.workers)
-    runner = Runner(cfg, data, out, o, d, resume)
     counts = {"train": len(shared_split(data, c.add_train_good).train), "val": len(data.splits["val"]),
               "test": len(data.splits["test"]), "labelled": len(data.pool), "train_good": len(data.train_good)}
     info(f"classify {cfg.category}: {len(attempts)} attempts x (shared split + {len(folds)} folds); "

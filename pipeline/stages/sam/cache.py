@@ -4,6 +4,11 @@ With the image encoder frozen, its output for an image never changes, and it is 
 part of SAM (ViT-B: ~370 GFLOPs per 1024 px image against ~1 for the decoder). The key is the image file's
 SHA-256, the flip view, the model architecture and its checkpoint's SHA-256 (or the seed of a random
 init), so a changed image, view or checkpoint can never be served a stale embedding.
+
+Embeddings are stored as float16 (half the disk; the decoder's precision is unaffected). A freshly
+computed embedding is rounded to float16 too before it is used, so an embedding served from memory, from
+disk or computed just now holds the same numbers: a run's result never depends on whether the cache was
+warm, or on which process of a DDP run encoded which image.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ class EmbeddingCache:
             emb = torch.load(path, map_location=device, weights_only=True).float()
         else:
             self.misses += 1
-            emb = compute().detach().float()
+            half = compute().detach().to(torch.float16)
             if path is not None:
-                save(path, emb.to(torch.float16).cpu())  # half the disk; decoder precision is unaffected
+                save(path, half.cpu())
+            emb = half.float()  # exactly what a later load of the file gives
         self.memory[key] = emb.to(device)
         return self.memory[key]

@@ -19,7 +19,7 @@ from pipeline.config import Config
 from pipeline.console import info, loud
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.stages.common import Phases, start
+from pipeline.stages.common import Phases, guard_resume, start, training_data
 from pipeline.stages.sam import evaluate
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split
@@ -31,6 +31,12 @@ from pipeline.training.state import seed_everything
 
 def _headline(tag: str, m: dict[str, Any]) -> None:
     info(f"SAM {tag}: instance IoU {m['mean_iou']}, Dice {m['mean_dice']}, mask AP50 {m['mask_ap']['map50']:.3f}")
+
+
+def cache_dir(cfg: Config) -> Path:
+    """``sam.cache_dir``, else ``<paths.runs>/<category>/cache/sam``: beside the stage's folder, not in it, so the
+    embeddings outlive a run whose folder is replaced (they are keyed by content and never go stale)."""
+    return Path(cfg.sam.cache_dir) if cfg.sam.cache_dir else Path(cfg.paths.runs) / cfg.category / "cache" / "sam"
 
 
 def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False,
@@ -47,7 +53,12 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         names = items["test"][1]
         source = locate(s.model, Path(cfg.paths.weights), cfg.allow_random_init, cfg.seed)
         sam = build(source, cfg.seed).to(device).eval()
-        cache = EmbeddingCache(Path(s.cache_dir) if s.cache_dir else out / "cache", source.key, s.cache)
+        cache = EmbeddingCache(cache_dir(cfg), source.key, s.cache)
+    # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
+    guard_resume("sam", cfg, out, d, resume, {
+        **training_data(dataset_dir, ["splits.json", *(f"coco/annotations/instances_{x}.json" for x in items)],
+                        ((f"{x}/{it.name}", it.digest) for x, (its, _) in items.items() for it in its)),
+        "weights": source.key}, ignore=["sam.cache_dir"])
     if d.main and not resume:
         for stale in ("last.pt", "decoder.pt"):
             (out / stale).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from pipeline.stages.sam.loss import mask_iou, sam_loss
 from pipeline.stages.sam.model import set_trainable, trainable_state
 from pipeline.training import distributed
 from pipeline.training.optim import adamw, warmup_cosine
-from pipeline.training.state import autocast, rng_state, save, set_rng_state
+from pipeline.training.state import autocast, rng_state, save, seed_everything, set_rng_state
 
 
 class PromptedSam(nn.Module):
@@ -135,6 +135,8 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
         set_rng_state(ckpt["rng"])
         state = ckpt["state"]
         info(f"resuming SAM fine-tuning from epoch {state['epoch'] + 1} of {cfg.epochs}")
+    else:  # the same random state whether or not this process ran the zero-shot phase first (a resumed one skips it)
+        seed_everything(seed)
 
     t0 = time.perf_counter()
     if use_cache:  # the embedding pass: each process encodes its share, then everyone reads the files
