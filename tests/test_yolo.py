@@ -15,6 +15,8 @@ from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError, PipeError, WeightsError
 from pipeline.metrics.coco import coco_ap
+from pipeline.stages.yolo import run as yolo_run, trainer as yolo_trainer
+from pipeline.stages.yolo.checkpoint import STATE, PassSampler, loop_done
 from pipeline.stages.yolo.data import prepare
 from pipeline.stages.yolo.prompts import (DIM, ULTRALYTICS_CACHE, TextEmbeddings, class_prompts, clip_vectors,
                                           fallback_vector, load_text_embeddings)
@@ -33,7 +35,7 @@ def _stop_after_first_epoch(trainer) -> None:
         raise Interrupt("simulated Ctrl-C after epoch 1")
 
 
-def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path):
+def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path, monkeypatch):
     cfg = load_config("bottle", "tiny")
     out = tmp_path / "runs" / "bottle" / "yolo"
     with pytest.raises(Interrupt):
@@ -41,8 +43,13 @@ def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path):
     assert (out / "train" / "weights" / "last.pt").is_file()
     assert not (out / "metrics.json").exists()  # nothing claims a result for unfinished training
     baseline = json.loads((out / "zero_shot.json").read_text())
+    state = out / "train" / "weights" / f"{STATE}.0.pt"
+    state.write_bytes(b"damaged")  # the exact state is unusable: resume from last.pt alone, with a warning
+    warned: list[str] = []
+    monkeypatch.setattr(yolo_trainer, "warn", warned.append)
 
     m = run_finetune_yolo(cfg, converted_dataset, out, resume=True)
+    assert len(warned) == 1 and str(state) in warned[0] and "differ slightly" in warned[0]
     assert m["train"]["resumed_from_epoch"] == 1
     rows = list(csv.DictReader((out / "train" / "results.csv").open()))
     assert [int(float(r["epoch"])) for r in rows] == [1, 2]
@@ -99,9 +106,50 @@ def test_unknown_class_in_config(tmp_path):
         load_config("bottle", overrides=["classes.broken_large=[broken/rim]"])
 
 
-def test_resume_without_checkpoint(converted_dataset, tmp_path):
-    with pytest.raises(PipeError, match="nothing to resume"):
-        run_finetune_yolo(load_config("bottle", "tiny"), converted_dataset, tmp_path / "out", resume=True)
+def test_resume_without_checkpoint_starts_afresh(converted_dataset, tmp_path, monkeypatch):
+    said: list[str] = []
+    monkeypatch.setattr(yolo_run, "info", said.append)
+    started: list[tuple[bool, int]] = []
+
+    def stop(trainer) -> None:
+        started.append((trainer.resume, trainer.start_epoch))
+        raise Interrupt("seen enough")
+
+    with pytest.raises(Interrupt):
+        run_finetune_yolo(load_config("bottle", "tiny"), converted_dataset, tmp_path / "out", resume=True,
+                          callbacks={"on_train_start": [stop]})
+    assert f"nothing to resume in {tmp_path / 'out' / 'train'}; starting afresh" in said
+    assert started == [(False, 0)]
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path):
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"\x80 half a pickle")
+    with pytest.raises(PipeError, match=r"last\.pt: not a readable checkpoint .*run without --resume") as e:
+        yolo_run._read_checkpoint(last)
+    assert "\n" not in str(e.value)
+
+
+def test_results_of_epochs_after_the_checkpoint_are_dropped(tmp_path):
+    csv_file = tmp_path / "results.csv"
+    csv_file.write_text("epoch,time,loss\n1,2.0,0.5\n2,4.0,0.4\n3,6.0,0.3\n")
+    yolo_run._trim_results(csv_file, 2)
+    assert csv_file.read_text() == "epoch,time,loss\n1,2.0,0.5\n2,4.0,0.4\n"
+
+
+def test_pass_sampler_order_depends_on_seed_and_pass_only():
+    a, b = PassSampler(10, seed=0), PassSampler(10, seed=0)
+    first, second = list(a), list(a)
+    assert sorted(first) == list(range(10)) and first != second and a.passes == 2
+    b.passes = 1  # what a run resumed at epoch 2 sets
+    assert list(b) == second and list(PassSampler(10, seed=1)) != first
+
+
+def test_loop_done_after_last_epoch_or_early_stop():
+    ckpt = {"epoch": 1, "train_args": {"patience": 0}, "stopper": {"best_epoch": 1}}
+    assert not loop_done(ckpt, epochs=3) and loop_done({**ckpt, "epoch": 2}, epochs=3)
+    stopped = {"epoch": 4, "train_args": {"patience": 3}, "stopper": {"best_epoch": 2}}
+    assert loop_done(stopped, epochs=10) and not loop_done({**stopped, "epoch": 3}, epochs=10)
 
 
 def test_bad_label_names_the_file(converted_dataset, tmp_path):

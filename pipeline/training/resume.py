@@ -45,7 +45,7 @@ def guard(folder: Path, config: Mapping[str, Any], data: Mapping[str, Any], resu
     path = Path(folder) / RECORD
     now = {"config": dict(config), "data": dict(data)}
     if resume and path.is_file():
-        diff = differing_keys(read_json(path), now)
+        diff = [k.removeprefix("config.") for k in differing_keys(read_json(path), now)]  # config keys as set
         if diff:
             shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise PipeError(f"{path}: the interrupted run was trained with other values of {shown}; resume with "

@@ -3,13 +3,17 @@
 Phases, each timed: resolve the weights and the prompt embeddings; score the untouched model on the test
 split (the baseline); fine-tune on train with val for model selection (``PromptWorldTrainer``); score the
 best checkpoint on the same test split; write detections, overlays and ``metrics.json`` (last, atomically,
-so a metrics file always describes finished weights). ``resume=True`` continues ultralytics' ``last.pt``
-and reuses the baseline already measured.
+so a metrics file always describes finished weights).
+
+``resume=True`` continues the ``last.pt`` in ``out`` (or starts afresh when there is none) and reuses the
+baseline already measured. It is refused, naming the keys, when the configuration or the data differ from
+what the interrupted run recorded (``run_inputs.json``); with the same ones, the resumed run ends with the
+same weights and numbers as an uninterrupted run (see ``checkpoint`` for the conditions).
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,18 +21,20 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, dump
 from pipeline.console import info, loud
 from pipeline.data.categories import get_category
 from pipeline.device import select_device
 from pipeline.errors import DataError, PipeError
 from pipeline.fetch import file_digest
-from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.stages.common import Phases, stage_record
-from pipeline.stages.yolo import evaluate, model as world
+from pipeline.io import atomic_dir, read_json, write_json, write_text
+from pipeline.stages.common import Phases, require, stage_record
+from pipeline.stages.yolo import checkpoint as ck, evaluate, model as world
 from pipeline.stages.yolo.data import DetData, prepare
 from pipeline.stages.yolo.prompts import TextEmbeddings, class_prompts, load_text_embeddings
 from pipeline.stages.yolo.trainer import PromptWorldTrainer, set_prompts
+from pipeline.training.resume import guard, trained_with
+from pipeline.uptodate import SECTIONS
 from pipeline.weights import Resolved, resolve
 
 
@@ -79,21 +85,55 @@ def _zero_shot_caveats(weights: Resolved, embeddings: TextEmbeddings) -> list[st
     return notes
 
 
-def _train(overrides: dict[str, Any], train_dir: Path, resume: bool,
-           callbacks: dict[str, list[Callable]] | None) -> dict[str, Any]:
+def data_identity(dataset_dir: Path, weights: Resolved, embeddings: TextEmbeddings) -> dict[str, Any]:
+    """What training reads besides the config: the splits, the boxes (labels by content, images by name and
+    size; not the ``labels/*.cache`` ultralytics writes beside them), the starting weights and the text
+    embeddings. A resume under other ones is refused."""
+    det = Path(dataset_dir) / "yolo-det"
+    fix = f"run `pipe convert {Path(dataset_dir).name}` first"
+    h = hashlib.sha256(require(det / "data.yaml", "converted YOLO dataset", fix).read_bytes())
+    for f in sorted([*(det / "labels").rglob("*.txt"), *(p for p in (det / "images").rglob("*") if p.is_file())]):
+        h.update(f"{f.relative_to(det)}\0".encode())
+        h.update(f.read_bytes() if f.suffix == ".txt" else str(f.stat().st_size).encode())
+    return {"splits_sha256": hashlib.sha256((Path(dataset_dir) / "splits.json").read_bytes()).hexdigest(),
+            "yolo_det_sha256": h.hexdigest(), "weights": {"source": weights.source, "sha256": weights.sha256},
+            "text_embeddings": {"source": embeddings.source, "sha256": embeddings.sha256}}
+
+
+def _read_checkpoint(last: Path) -> dict[str, Any]:
     from ultralytics.utils.patches import torch_load
 
+    try:
+        return torch_load(last, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise PipeError(f"{last}: not a readable checkpoint ({type(e).__name__}); run without --resume to start "
+                        f"afresh") from None
+
+
+def _trim_results(csv_path: Path, epochs_done: int) -> None:
+    """Drop rows of epochs after the checkpoint (written before a kill that came ahead of the save)."""
+    if not csv_path.is_file():
+        return
+    lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(float(ln.split(",")[0])) <= epochs_done]
+    if kept != lines:
+        write_text(csv_path, "".join(kept))
+
+
+def _train(overrides: dict[str, Any], train_dir: Path, resume: bool,
+           callbacks: dict[str, list[Callable]] | None) -> dict[str, Any]:
     last = train_dir / "weights" / "last.pt"
     resumed_from = None
     if resume:
-        if not last.is_file():
-            raise PipeError(f"{last}: nothing to resume; run `pipe finetune yolo` without --resume")
-        epoch = torch_load(last, map_location="cpu", weights_only=False).get("epoch", -1)
-        if epoch == -1:
+        ckpt = _read_checkpoint(last)
+        epoch = int(ckpt.get("epoch", -1))
+        if epoch == -1 or ck.loop_done(ckpt, overrides["epochs"]):
+            ck.finalize(last.parent)  # a kill may have come between the last save and ultralytics' final strip
             info(f"{last}: training had already finished; going on to evaluation")
             return {"resumed_from_epoch": None, "finished_before": True}
         resumed_from = epoch + 1
-        overrides = {**overrides, "resume": str(last)}
+        _trim_results(train_dir / "results.csv", resumed_from)
+        overrides = {**overrides, "resume": str(last), "save_dir": str(train_dir.absolute())}
     trainer = PromptWorldTrainer(overrides=overrides)
     for event, fns in (callbacks or {}).items():
         for fn in fns:
@@ -104,11 +144,23 @@ def _train(overrides: dict[str, Any], train_dir: Path, resume: bool,
             "stopped_early": bool(getattr(trainer.stopper, "possible_stop", False))}
 
 
-def _install(src: Path, dst: Path) -> Path:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-    return dst
+def _publish(src: Path, dst: Path, start: str) -> Path:
+    """The best checkpoint as the stage's result, without what changes from run to run whatever the seed:
+    ultralytics' save date, per-epoch wall times and, after a resume, the ``last.pt`` it was reloaded from
+    (recorded as the model trained, and as where the module was loaded from). Same seed and inputs, same bytes,
+    resumed or not."""
+    from ultralytics.utils.patches import torch_load
+
+    ckpt = torch_load(src, map_location="cpu")
+    ckpt["date"] = None
+    if isinstance(results := ckpt.get("train_results"), dict):
+        ckpt["train_results"] = {k: v for k, v in results.items() if k != "time"}
+    model = ckpt.get("model")
+    vars(model).pop("pt_path", None)
+    for args in (ckpt.get("train_args"), getattr(model, "args", None)):
+        if isinstance(args, dict):
+            args.update(model=start, resume=False)
+    return ck.atomic_save(ckpt, dst)
 
 
 def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False,
@@ -124,9 +176,14 @@ def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = 
         weights = resolve(y.model, cfg.paths.weights, cfg.allow_random_init)
         embeddings = load_text_embeddings([p for ps in prompts.values() for p in ps], Path(cfg.paths.weights),
                                           y.text_embeddings, cfg.allow_random_init, device)
+        train_dir = out / "train"
+        if resume and not (train_dir / "weights" / "last.pt").is_file():
+            info(f"nothing to resume in {train_dir}; starting afresh")
+            resume = False
+        # before anything in out changes: a resume under other settings or data is refused with their names
+        guard(out, trained_with(dump(cfg), SECTIONS["yolo"]), data_identity(dataset_dir, weights, embeddings), resume)
         det = prepare(dataset_dir, out, prompts, embeddings)
         feats = embeddings.classes(prompts)
-    train_dir = out / "train"
     if not resume:
         shutil.rmtree(train_dir, ignore_errors=True)
     (out / "metrics.json").unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
@@ -150,7 +207,7 @@ def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = 
     best_src = train_dir / "weights" / "best.pt"
     if not best_src.is_file():
         raise DataError(f"{best_src}: training wrote no best checkpoint; see {train_dir} for ultralytics' log")
-    best = _install(best_src, out / "best.pt")
+    best = _publish(best_src, out / "best.pt", world.source(weights))
 
     with phases("evaluate"):
         tuned_model = world.load(best)
