@@ -94,12 +94,19 @@ class StageRun:
 
 
 def _protected(cfg, *datasets: Path) -> list[tuple[str, Path]]:
-    """What no output may equal, contain or lie inside: the data roots and the stage's input datasets."""
+    """What no output may equal, contain or lie inside: the data roots, the stage's input datasets and the
+    source category each dataset was converted from (which may sit under another root than this run's)."""
     from pipeline.data.layout import resolve_root
+    from pipeline.io import read_json
 
-    return [("the MVTec AD data root", resolve_root(cfg.data.root)),
-            ("the synthetic data root", Path(cfg.data.synthetic_root)),
-            *(("the input dataset", d) for d in datasets)]
+    out = [("the MVTec AD data root", resolve_root(cfg.data.root)),
+           ("the synthetic data root", Path(cfg.data.synthetic_root))]
+    for d in datasets:
+        out.append(("the input dataset", d))
+        report = Path(d) / "convert_report.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            out.append(("the source category", Path(read_json(report)["data"]["root"])))
+    return out
 
 
 @contextlib.contextmanager

@@ -79,6 +79,14 @@ def test_out_onto_a_file_is_refused_and_the_file_untouched(tiny_copy, tmp_path, 
     assert f.read_text() == "keep me" and not list(tmp_path.glob(".notes.txt*"))
 
 
+def test_a_training_stage_may_not_write_into_the_source_category_of_its_dataset(tiny_copy, tmp_path, capsys):
+    assert convert(capsys, tiny_copy, "--out", str(tmp_path / "ds"))[0] == 0
+    code, err = pipe(capsys, "finetune", "sam", "bottle", "--dataset", str(tmp_path / "ds"),
+                     "--out", str(tiny_copy / "bottle" / "sam"), "--profile", "tiny")
+    assert code == 2 and "source category" in one_line_error(err)
+    assert not (tiny_copy / "bottle" / "sam").exists()
+
+
 def test_a_folder_made_by_another_command_is_refused(tiny_copy, tmp_path, capsys):
     assert convert(capsys, tiny_copy, "--out", str(tmp_path / "ds"))[0] == 0
     assert owner(tmp_path / "ds") == "convert"
@@ -294,6 +302,25 @@ def test_a_deleted_output_reruns_convert(tiny_copy, tmp_path, capsys, damage):
     shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
     code, err = convert(capsys, tiny_copy, "--out", str(out))
     assert code == 0 and "up to date" not in err and victim.exists()
+
+
+def test_a_training_stage_output_folder_is_checked_file_by_file(tmp_path):
+    from pipeline.uptodate import Freshness
+
+    out = tmp_path / "sam"
+    (out / "overlays").mkdir(parents=True)
+    (out / "decoder.pt").write_bytes(b"weights")
+    (out / "overlays" / "a.png").write_bytes(b"png")
+    src = tmp_path / "splits.json"
+    src.write_text("{}")
+    fresh = lambda: Freshness("sam", {"seed": 0}, "cpu", out, [src], [out])  # noqa: E731
+    fresh().mark(1.0)
+    assert fresh().skip()
+    (out / "overlays" / "a.png").unlink()
+    assert not fresh().skip()
+    fresh().mark(1.0)
+    (out / "decoder.pt").write_bytes(b"other weights")
+    assert not fresh().skip()
 
 
 def test_an_edited_output_reruns_convert(tiny_copy, tmp_path, capsys):
