@@ -1,4 +1,4 @@
 """Training plumbing every hand-written loop shares (SAM, classification): DDP, schedules, checkpoints, seeds.
 
-YOLO trains through ultralytics' engine and does not use this.
+YOLO trains through ultralytics' engine; its exact resume uses the checkpoint writes and random states here.
 """

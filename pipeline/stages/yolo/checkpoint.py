@@ -19,12 +19,10 @@ Under multi-GPU DDP only ultralytics' own resume applies.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -36,34 +34,11 @@ def state_file(wdir: Path, epoch: int) -> Path:
     return Path(wdir) / f"{STATE}.{epoch}.pt"
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` through a temporary sibling and a rename: a kill mid-write keeps the old file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def rounded_in_last(optimizer_state: dict[str, Any]) -> bool:
     """Whether ultralytics' ``last.pt`` rounds some of this optimizer state to float16 (it keeps Adam's moments
     and every step count in float32, but not e.g. SGD's momentum): only then does the sidecar need a copy."""
     return any(k not in FP32_IN_LAST and isinstance(v, torch.Tensor) and v.dtype == torch.float32
                for per_param in optimizer_state["state"].values() for k, v in per_param.items())
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global random stream augmentation and training draw from (CUDA only where already in use)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def restore_buffer(dataset: Any, indices: list[int]) -> None:

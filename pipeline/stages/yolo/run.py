@@ -34,6 +34,7 @@ from pipeline.stages.yolo.data import DetData, prepare
 from pipeline.stages.yolo.prompts import TextEmbeddings, class_prompts, load_text_embeddings
 from pipeline.stages.yolo.trainer import PromptWorldTrainer, set_prompts
 from pipeline.training.resume import guard, trained_with
+from pipeline.training.state import save
 from pipeline.uptodate import SECTIONS
 from pipeline.weights import Resolved, resolve
 
@@ -160,7 +161,7 @@ def _publish(src: Path, dst: Path, start: str) -> Path:
     for args in (ckpt.get("train_args"), getattr(model, "args", None)):
         if isinstance(args, dict):
             args.update(model=start, resume=False)
-    return ck.atomic_save(ckpt, dst)
+    return save(dst, ckpt)
 
 
 def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False,

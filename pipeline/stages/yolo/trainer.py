@@ -28,6 +28,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from pipeline.console import warn
 from pipeline.stages.yolo import checkpoint as ck
+from pipeline.training.state import rng_state, save, set_rng_state
 
 CLASS_EMBEDDINGS = "class_embeddings.pt"  # {"names": [...], "feats": (1, nc, 512)}, written beside data.yaml
 
@@ -142,7 +143,7 @@ class PromptWorldTrainer(world_train.WorldTrainer):
                 "ema_updates": self.ema.updates, "optimizer": optimizer if ck.rounded_in_last(optimizer) else None,
                 "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
                 "last_step": self._last_step, "buffer": list(getattr(self.train_loader.dataset, "buffer", [])),
-                "rng": ck.rng_state()}
+                "rng": rng_state()}
 
     def save_model(self) -> bool:
         """ultralytics' checkpoints, each written whole through a temporary file, and the exact state beside
@@ -156,7 +157,7 @@ class PromptWorldTrainer(world_train.WorldTrainer):
             self.last, self.best = last, best
         state = ck.state_file(self.wdir, self.epoch)
         if RANK == -1:
-            ck.atomic_save(self._exact_state(), state)
+            save(state, self._exact_state())
         if tmp_best.exists():
             os.replace(tmp_best, best)
         if tmp_last.exists():
@@ -197,7 +198,7 @@ class PromptWorldTrainer(world_train.WorldTrainer):
             params[name].grad = grad.to(params[name].device)
         self._last_step = state["last_step"]
         ck.restore_buffer(self.train_loader.dataset, state["buffer"])
-        ck.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def final_eval(self) -> None:
         """ultralytics strips last.pt and best.pt in place here; route both through temporary files."""
