@@ -22,13 +22,14 @@ from pipeline.errors import ConfigError
 from pipeline.fetch import file_digest
 from pipeline.io import read_json
 from pipeline.stages.classify.attempts import load_attempt, load_attempts
-from pipeline.stages.classify.data import (EpochSampler, ImageCache, load_labelled, shared_split,
-                                           stratified_folds)
+from pipeline.stages.classify.data import (ImageCache, MixUpCollate, load_labelled, shared_split, stratified_folds,
+                                           train_collate)
 from pipeline.stages.classify.losses import build_loss, effective_number_weights, log_prior, soft_targets
 from pipeline.stages.classify.models import Member, build, resolve_backbones
 from pipeline.stages.classify.run import run_classify
 from pipeline.stages.classify.train import Options, fit, open_stages, predict
 from pipeline.training import distributed
+from pipeline.training.sampling import ShardedSampler, class_balanced_weights
 from pipeline.weights import Resolved, get_spec
 
 TINY = ["classify.epochs=1", "classify.imgsz=32", "classify.batch=4", "classify.folds=0", "classify.compare=null"]
@@ -137,13 +138,31 @@ def test_shared_split_adds_train_good_only_when_asked(cls_dataset):
 
 def test_balanced_sampler_draws_classes_equally():
     labels = [0] * 900 + [1] * 90 + [2] * 10
-    drawn = np.array(labels)[list(EpochSampler(labels, balanced=True, seed=0))]
+    drawn = np.array(labels)[list(ShardedSampler(len(labels), seed=0, weights=class_balanced_weights(labels)))]
     share = np.bincount(drawn, minlength=3) / len(drawn)
     assert np.allclose(share, 1 / 3, atol=0.04)  # vs 0.90 / 0.09 / 0.01 in the data
-    plain = list(EpochSampler(labels, balanced=False, seed=0))
+    plain = list(ShardedSampler(len(labels), seed=0))
     assert sorted(plain) == list(range(1000))  # a permutation: every image once
-    shards = [list(EpochSampler(labels, False, 0, rank=r, world=3)) for r in range(3)]
+    shards = [list(ShardedSampler(len(labels), 0, rank=r, world=3)) for r in range(3)]
     assert [len(x) for x in shards] == [334] * 3 and set(sum(shards, [])) == set(range(1000))  # DDP: all covered
+
+
+def test_mixup_in_the_collate_function_gives_soft_rows_the_losses_accept():
+    torch.manual_seed(0)
+    batch = [(torch.full((3, 4, 4), float(i)), i) for i in range(4)]
+    assert train_collate(0.0, 4) is None  # off: the loader's default collate, class indices
+    x, t = train_collate(0.2, 4)(batch)
+    assert isinstance(train_collate(0.2, 4), MixUpCollate) and x.shape == (4, 3, 4, 4) and t.shape == (4, 4)
+    lam = t[1, 1].item()  # torchvision pairs each image with the previous one: row i mixes labels i and i-1
+    assert torch.allclose(t.sum(1), torch.ones(4)) and torch.allclose(t[1], torch.tensor([1 - lam, lam, 0, 0]))
+    assert torch.allclose(x[1], torch.full((3, 4, 4), lam * 1 + (1 - lam) * 0))
+    smoothed = soft_targets(t, 4, 0.1)  # smoothing after mixing equals mixing smoothed one-hot rows
+    mixed = lam * soft_targets(torch.tensor([1]), 4, 0.1) + (1 - lam) * soft_targets(torch.tensor([0]), 4, 0.1)
+    assert torch.allclose(smoothed[1], mixed[0])
+    logits = torch.randn(4, 4)
+    for kind, longtail in (("focal", "balanced_sampling"), ("ce", "effective_number"), ("ce", "balanced_softmax")):
+        loss = build_loss(kind, 2.0, longtail, [0, 0, 1, 2, 3], 4, 0.999)(logits, smoothed)
+        assert torch.isfinite(loss) and loss > 0
 
 
 def test_effective_number_weights_follow_cui_et_al():

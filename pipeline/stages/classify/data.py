@@ -1,4 +1,4 @@
-"""Images and labels for classification: the shared splits, the in-memory cache, transforms v2, samplers, folds.
+"""Images and labels for classification: the shared splits, the in-memory cache, transforms v2, MixUp, folds.
 
 The labelled images are MVTec's ``test/`` images, split by ``splits.json`` exactly as the detection and
 segmentation stages split them; MVTec's ``train/good`` joins train when asked (the long tail). Images are
@@ -8,16 +8,16 @@ those small tensors. Greyscale images are replicated to three channels for the I
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import v2
 
 from pipeline.convert.splits import load_splits
@@ -121,40 +121,22 @@ class Images(Dataset):
         return self.tf(self.cache.get(s.path, self.size)), s.label
 
 
-class EpochSampler(Sampler[int]):
-    """A seeded shuffle, or class-balanced draws with replacement (each class equally likely), per epoch.
-
-    Under DDP every process draws the same sequence and takes every ``world``-th index, so the shards are
-    disjoint and together cover one epoch.
+class MixUpCollate:
+    """``default_collate``, then torchvision's ``MixUp`` on the whole batch, as torchvision's classification reference
+    mixes: the labels come out as soft rows (batch, classes). A class rather than a lambda so loader worker
+    processes can pickle it.
     """
 
-    def __init__(self, labels: Sequence[int], balanced: bool, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.labels = torch.as_tensor(list(labels))
-        self.balanced, self.seed, self.rank, self.world = balanced, seed, rank, world
-        self.epoch = 0
+    def __init__(self, alpha: float, classes: int) -> None:
+        self.mixup = v2.MixUp(alpha=alpha, num_classes=classes)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __call__(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mixup(*default_collate(batch))
 
-    def weights(self) -> torch.Tensor:
-        """Per-sample draw weights: 1 / (size of its class), so every class has the same total weight."""
-        counts = torch.bincount(self.labels).float()
-        return 1.0 / counts[self.labels]
 
-    def _order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.labels)
-        if self.balanced:
-            return torch.multinomial(self.weights(), n, replacement=True, generator=g)
-        return torch.randperm(n, generator=g)
-
-    def __iter__(self) -> Iterator[int]:
-        order = self._order().tolist()
-        order += order[: len(self) * self.world - len(order)]  # pad so every shard has the same length
-        return iter(order[self.rank::self.world])
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.world)
+def train_collate(mixup: float, classes: int) -> Callable[[list[Any]], Any] | None:
+    """The train loader's collate function: MixUp with Beta(``mixup``, ``mixup``) when positive, else the default."""
+    return MixUpCollate(mixup, classes) if mixup > 0 else None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Classification losses with the long-tail corrections, all on soft targets (label smoothing and MixUp).
+"""Classification losses with the long-tail corrections, all on soft targets (label smoothing and MixUp,
+which the train loader's collate function applies: ``data.MixUpCollate``).
 
 One formula covers every recipe: for logits ``z``, soft targets ``t``, class weights ``w`` and focusing
 parameter ``gamma``,
@@ -12,7 +13,7 @@ normalised by ``sum_i sum_c w_c t_ic`` (for hard labels exactly ``F.cross_entrop
 - ``effective_number``: ``w_c ∝ (1 - beta) / (1 - beta^n_c)`` (Cui et al. 2019), normalised to mean 1;
 - ``balanced_softmax``: ``log_prior = log(n_c / N)`` added to the logits during training only (Ren et
   al. 2020); at inference the raw logits are used, which removes the training prior from the prediction;
-- ``balanced_sampling`` changes the sampler, not the loss (``data.EpochSampler``).
+- ``balanced_sampling`` changes the sampler, not the loss (``training.sampling.class_balanced_weights``).
 """
 
 from __future__ import annotations
@@ -42,18 +43,11 @@ def log_prior(counts: np.ndarray) -> torch.Tensor:
 
 
 def soft_targets(labels: torch.Tensor, classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """One-hot rows, with ``smoothing`` spread evenly over all classes (as ``F.cross_entropy`` does)."""
-    t = F.one_hot(labels, classes).float()
+    """Target rows: one-hot for class indices, as given for rows already soft (MixUp's), then ``smoothing`` spread
+    evenly over all classes (as ``F.cross_entropy`` does). Smoothing is affine, so smoothing MixUp's rows equals
+    mixing smoothed ones: the order of the two does not matter."""
+    t = labels.float() if labels.is_floating_point() else F.one_hot(labels, classes).float()
     return t * (1 - smoothing) + smoothing / classes if smoothing else t
-
-
-def mixup(x: torch.Tensor, t: torch.Tensor, alpha: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp (Zhang et al. 2018): each batch blended with its own permutation by one Beta(alpha, alpha) draw."""
-    if alpha <= 0 or len(x) < 2:
-        return x, t
-    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen))).beta(alpha, alpha))
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
-    return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
 
 
 class SoftTargetLoss(nn.Module):

@@ -21,11 +21,12 @@ from torch.utils.data import DataLoader
 from pipeline.console import log_only, progress
 from pipeline.metrics.classification import classification_metrics
 from pipeline.stages.classify.attempts import Attempt
-from pipeline.stages.classify.data import EpochSampler, Fold, ImageCache, Images, Sample
-from pipeline.stages.classify.losses import build_loss, mixup, soft_targets
+from pipeline.stages.classify.data import Fold, ImageCache, Images, Sample, train_collate
+from pipeline.stages.classify.losses import build_loss, soft_targets
 from pipeline.stages.classify.models import Classifier
 from pipeline.training import distributed
 from pipeline.training.optim import adamw
+from pipeline.training.sampling import ShardedSampler, class_balanced_weights
 from pipeline.training.state import autocast
 
 
@@ -104,14 +105,14 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
     train_labels = [s.label for s in fold.train]
     criterion = build_loss(a.loss.kind, a.loss.focal_gamma, a.longtail, train_labels, classes,
                            a.effective_beta).to(o.device)
-    sampler = EpochSampler(train_labels, a.longtail == "balanced_sampling", o.seed, d.rank, d.world)
+    weights = class_balanced_weights(train_labels) if a.longtail == "balanced_sampling" else None
+    sampler = ShardedSampler(len(train_labels), o.seed, d.rank, d.world, weights)
     per_process = max(1, a.batch // d.world)
     loader = DataLoader(Images(fold.train, cache, a.imgsz, a.augment), batch_size=per_process, sampler=sampler,
-                        num_workers=o.workers, drop_last=len(sampler) > per_process,
-                        persistent_workers=o.workers > 0)
+                        collate_fn=train_collate(a.mixup, classes), num_workers=o.workers,
+                        drop_last=len(sampler) > per_process, persistent_workers=o.workers > 0)
     optimizer = adamw(model.param_groups(a.lr_backbone, a.lr_head), lr=a.lr_head, weight_decay=a.weight_decay)
     sched = scheduler(a, optimizer)
-    gen = torch.Generator().manual_seed(o.seed)
     best: tuple[tuple[float, float], int, dict[str, torch.Tensor], dict[str, Any]] | None = None
     history: list[dict[str, Any]] = []
     train_images, train_seconds, opened, net = 0, 0.0, -1, model
@@ -126,11 +127,9 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             total, correct, seen = 0.0, 0, 0
-            for x, y in loader:
+            for x, y in loader:  # y: class indices, or MixUp's soft rows
                 x = _inputs(x, o)
-                y = y.to(o.device)
-                t = soft_targets(y, classes, a.loss.label_smoothing)
-                x, t = mixup(x, t, a.mixup, gen)
+                t = soft_targets(y.to(o.device), classes, a.loss.label_smoothing)
                 with autocast(o.device, o.amp):
                     logits = net(x)
                 loss = torch.stack([criterion(member, t) for member in logits]).mean()
