@@ -15,6 +15,9 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.errors import DataError, WeightsError
+from pipeline.metrics import coco as coco_metrics
+from pipeline.metrics.coco import coco_ap, load_truth
+from pipeline.stages.sam import run as sam_run
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split, prepare
 from pipeline.stages.sam.loss import sam_loss
@@ -72,7 +75,7 @@ def test_stage_end_to_end_with_cache_and_resume(converted_dataset, tmp_path):
     assert all(k.startswith(("mask_decoder.", "prompt_encoder.")) for k in state)
 
 
-def test_detector_boxes_prompt_the_end_to_end_score(converted_dataset, tmp_path):
+def test_detector_boxes_prompt_the_end_to_end_score(converted_dataset, tmp_path, monkeypatch):
     coco = json.loads((converted_dataset / "coco/annotations/instances_test.json").read_text())
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
             for a in coco["annotations"]]
@@ -82,11 +85,31 @@ def test_detector_boxes_prompt_the_end_to_end_score(converted_dataset, tmp_path)
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(dets))
     cfg = load_config("bottle", "tiny", overrides=["sam.epochs=1"])
+    loads = []  # every COCO ground-truth load, by the stage or inside coco_ap
+    real_load = coco_metrics.load_truth
+    for owner in (coco_metrics, sam_run):
+        monkeypatch.setattr(owner, "load_truth", lambda gt: loads.append(gt) or real_load(gt))
     m = run_finetune_sam(cfg, converted_dataset, tmp_path / "sam", detections=path)
+    assert len(loads) == 1  # one load serves the zero-shot, fine-tuned and detector-prompted evaluations
     e2e = m["detector_prompted"]
     assert MODE <= set(e2e) and e2e["boxes"] == len(dets) - 1
     assert e2e["per_image"]["per_label"]["good"]["iou"] < 1.0  # the spurious box is counted against the good image
     assert e2e["per_image"]["images"] == len(coco["images"])
+
+
+def test_ground_truth_loaded_once_scores_like_a_fresh_load_each_time(converted_dataset):
+    path = converted_dataset / "coco/annotations/instances_test.json"
+    doc = json.loads(path.read_text())
+    before = json.dumps(doc, sort_keys=True)
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
+                "bbox": a["bbox"], "score": 0.9} for a in doc["annotations"]]
+    half = perfect[::2]
+    shared = load_truth(path)
+    for dets, iou_type in ((perfect, "segm"), (half, "segm"), (perfect, "segm"), (half, "bbox"), ([], "segm")):
+        again = coco_ap(shared, dets, iou_type)
+        assert again == coco_ap(path, dets, iou_type) == coco_ap(doc, dets, iou_type), (len(dets), iou_type)
+    assert coco_ap(shared, perfect, "segm")["map50"] > 0.99 > coco_ap(shared, half, "segm")["map50"] > 0
+    assert json.dumps(doc, sort_keys=True) == before  # a document passed as a dict is not changed
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(converted_dataset):

@@ -3,6 +3,9 @@
 Used as the cross-check beside ultralytics' own mAP (two implementations that should agree) and as the
 mask AP of the SAM stage. Detections are COCO results: ``image_id``, ``category_id``, ``score`` and
 ``bbox`` (``[x, y, w, h]``) or ``segmentation`` (RLE).
+
+Ground truth evaluated more than once (the SAM stage scores three prompting modes against one test split) is
+loaded once with :func:`load_truth` and the ``COCO`` object passed to each :func:`coco_ap`.
 """
 
 from __future__ import annotations
@@ -11,12 +14,21 @@ import contextlib
 import copy
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
-def _quiet_coco(gt: str | Path | dict[str, Any]):
+
+def load_truth(gt: str | Path | dict[str, Any]) -> COCO:
+    """COCO ground truth (a file, or a document as a dict), indexed once, to evaluate against any number of times.
+
+    A dict is copied: ``COCOeval`` normalises the annotations it evaluates in place (polygons become RLE, an
+    ``ignore`` flag is set), idempotently, so a reused ``COCO`` object gives the same AP each time, but the
+    caller's document must stay as it was.
+    """
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -29,11 +41,14 @@ def _quiet_coco(gt: str | Path | dict[str, Any]):
     return coco
 
 
-def coco_ap(gt: str | Path | dict[str, Any], detections: list[dict[str, Any]], iou_type: str = "bbox") -> dict[str, Any]:
-    """mAP50-95, mAP50 and AP50 per category name; zeros (not an error) when there are no detections."""
+def coco_ap(gt: str | Path | dict[str, Any] | COCO, detections: list[dict[str, Any]],
+            iou_type: str = "bbox") -> dict[str, Any]:
+    """mAP50-95, mAP50 and AP50 per category name; zeros (not an error) when there are no detections.
+
+    ``gt``: a ``COCO`` object from :func:`load_truth` (used as is), or what it loads."""
     from pycocotools.cocoeval import COCOeval
 
-    coco = _quiet_coco(gt)
+    coco = load_truth(gt) if isinstance(gt, (str, Path, dict)) else gt
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     if not detections or not coco.getAnnIds():
         present = {a["category_id"] for a in coco.dataset["annotations"]}

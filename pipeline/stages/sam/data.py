@@ -24,6 +24,8 @@ from pipeline.errors import DataError
 from pipeline.io import read_json
 from pipeline.metrics.coco import xywh_to_xyxy
 from pipeline.stages.common import require
+from pipeline.stages.sam.cache import EmbeddingCache
+from pipeline.stages.sam.predictor import Predictor, to_input_boxes, to_input_image
 
 VIEWS = ((False, False), (True, False), (False, True), (True, True))  # (h-flip, v-flip) per view index
 
@@ -97,15 +99,13 @@ def flip(item: Item, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def prepare(item: Item, view: int, img_size: int, with_image: bool = False) -> dict[str, Any]:
     """Boxes in input pixels, low-res targets (N, 1, S/4, S/4) and, if asked, the input image (3, h, w).
 
-    Everything but the image is kept on the item: the image is needed only when it is encoded.
+    Everything but the image is kept on the item: the image is needed only when it is encoded. Image and boxes
+    go through the predictor's transforms, so training sees what prediction sees.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
     if view in item.cache and not with_image:
         return item.cache[view]
-    resize = ResizeLongestSide(img_size)
     img, masks, boxes = flip(item, view)
-    image = torch.as_tensor(resize.apply_image(img)).permute(2, 0, 1).contiguous()
+    image = to_input_image(img, img_size)
     input_size = tuple(image.shape[-2:])
     if view not in item.cache:
         target = torch.as_tensor(masks, dtype=torch.float32)[:, None]
@@ -117,5 +117,13 @@ def prepare(item: Item, view: int, img_size: int, with_image: bool = False) -> d
             target = torch.zeros((0, 1, img_size // 4, img_size // 4))
         item.cache[view] = {
             "input_size": input_size, "scale": input_size[0] / item.height, "masks": masks, "target": target,
-            "boxes": torch.as_tensor(resize.apply_boxes(boxes, (item.height, item.width)), dtype=torch.float32)}
+            "boxes": to_input_boxes(boxes, (item.height, item.width), img_size)}
     return {**item.cache[view], "image": image} if with_image else item.cache[view]
+
+
+def embedding(predictor: Predictor, cache: EmbeddingCache, item: Item, view: int) -> torch.Tensor:
+    """The embedding (1, C, E, E) of ``item`` under flip ``view``: from the cache, else encoded now (and cached).
+
+    The one way an item's embedding reaches the predictor, in training and evaluation alike."""
+    return cache.get(item.digest, view, lambda: predictor.embed(prepare(item, view, predictor.img_size, True)["image"]),
+                     str(predictor.device))

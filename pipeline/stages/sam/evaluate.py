@@ -6,7 +6,10 @@
 
 Per instance: IoU and Dice of its mask with the best-overlapping prediction. Per image: the union of the
 predicted masks against the union of the true ones (an image with neither scores 1). Mask AP comes from
-pycocotools on the predicted masks as COCO results.
+pycocotools on the predicted masks as COCO results, against ground truth the caller loaded once.
+
+Masks come from the one ``Predictor`` of the run, each image's (cached) embedding set once and prompted with
+all its boxes: the path ``pipe predict`` takes too.
 """
 
 from __future__ import annotations
@@ -18,35 +21,22 @@ from typing import Any
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
-import torch
-from segment_anything.modeling import Sam
+from pycocotools.coco import COCO
 
 from pipeline.data.images import read_image
 from pipeline.io import read_json
 from pipeline.metrics.coco import coco_ap, xywh_to_xyxy
 from pipeline.metrics.masks import dice, iou
 from pipeline.stages.sam.cache import EmbeddingCache
-from pipeline.stages.sam.data import Item, prepare
-from pipeline.stages.sam.train import PromptedSam, embedding
-from pipeline.training.state import autocast
+from pipeline.stages.sam.data import Item, embedding
+from pipeline.stages.sam.predictor import Predictor
 from pipeline.viz import PALETTE, TRUTH, thickness, to_bgr
 
 
-@torch.no_grad()
-def segment(sam: Sam, emb: torch.Tensor, item: Item, boxes_xyxy: np.ndarray, device: str,
-            amp: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution masks (N, H, W) and predicted IoUs (N,) for boxes given in image pixels."""
-    if not len(boxes_xyxy):
-        return np.zeros((0, item.height, item.width), bool), np.zeros(0)
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    img_size = sam.image_encoder.img_size
-    prep = prepare(item, 0, img_size)
-    boxes = ResizeLongestSide(img_size).apply_boxes(np.asarray(boxes_xyxy, np.float32), (item.height, item.width))
-    with autocast(device, amp):
-        low, iou_pred = PromptedSam(sam, encode=False)([emb], [torch.as_tensor(boxes, device=device)], [None])[0]
-    masks = sam.postprocess_masks(low.float(), prep["input_size"], (item.height, item.width)) > 0
-    return masks[:, 0].cpu().numpy(), iou_pred[:, 0].float().cpu().numpy()
+def segment(predictor: Predictor, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution masks (N, H, W) and predicted IoUs (N,) for boxes in pixels of the predictor's current image."""
+    masks, scores, _ = predictor.predict(boxes=boxes_xyxy)
+    return masks[:, 0].cpu().numpy(), scores[:, 0].cpu().numpy()
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:
@@ -58,10 +48,11 @@ def _summary(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 5) if values else None
 
 
-def score(sam: Sam, items: list[Item], cache: EmbeddingCache, names: dict[int, str], coco_gt: Path, device: str,
-          amp: bool, prompts: dict[int, list[dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics for one prompting mode (ground-truth boxes when ``prompts`` is None) and the masks per image."""
-    img_size = sam.image_encoder.img_size
+def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names: dict[int, str], gt: COCO,
+          prompts: dict[int, list[dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics for one prompting mode (ground-truth boxes when ``prompts`` is None) and the masks per image.
+
+    ``gt`` is the test split's COCO ground truth (``metrics.coco.load_truth``), shared by every mode."""
     inst_iou, inst_dice = defaultdict(list), defaultdict(list)
     img_iou, img_dice = defaultdict(list), defaultdict(list)
     results, masks_out = [], {}
@@ -75,8 +66,8 @@ def score(sam: Sam, items: list[Item], cache: EmbeddingCache, names: dict[int, s
             cats, scores = [d["category_id"] for d in dets], [d["score"] for d in dets]
         if prompts is None and not len(boxes):
             continue  # nothing to prompt: ground-truth prompting only scores images with defects
-        emb = embedding(sam, cache, item, 0, img_size, device, amp)
-        masks, iou_pred = segment(sam, emb, item, boxes, device, amp)
+        predictor.set_embedding(embedding(predictor, cache, item, 0), (item.height, item.width))
+        masks, iou_pred = segment(predictor, boxes)
         masks_out[item.name] = (masks, cats)
         for k, truth in enumerate(item.masks):
             cls = names[item.categories[k]]
@@ -106,7 +97,7 @@ def score(sam: Sam, items: list[Item], cache: EmbeddingCache, names: dict[int, s
                       "mean_dice": _summary([v for vs in img_dice.values() for v in vs]),
                       "per_label": {k: {"iou": _summary(img_iou[k]), "dice": _summary(img_dice[k]),
                                         "images": len(img_iou[k])} for k in sorted(img_iou)}},
-        "mask_ap": coco_ap(read_json(coco_gt), results, "segm"),
+        "mask_ap": coco_ap(gt, results, "segm"),
     }
     if prompts is not None:
         metrics["missed_instances"] = int(missed)

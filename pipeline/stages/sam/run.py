@@ -4,7 +4,8 @@ Phases, each timed: load the splits' COCO instances and the model; score the unt
 ground-truth boxes (the baseline, also filling the embedding cache for the test images); fine-tune
 (``train.fit``); score the best decoder with ground-truth boxes and, when the YOLO stage has run, with
 its detections; write overlays and ``metrics.json`` last. Under ``torchrun`` every process trains and
-only rank 0 evaluates and writes.
+only rank 0 evaluates and writes. All three evaluations prompt one ``Predictor`` and score against the test
+split's COCO ground truth loaded once.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from pipeline.config import Config
 from pipeline.console import info, loud
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.metrics.coco import load_truth
 from pipeline.stages.common import Phases, guard_resume, start, training_data
 from pipeline.stages.sam import evaluate
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split
 from pipeline.stages.sam.model import build, locate
+from pipeline.stages.sam.predictor import Predictor
 from pipeline.stages.sam.train import fit
 from pipeline.training import distributed
 from pipeline.training.state import seed_everything
@@ -53,6 +56,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         names = items["test"][1]
         source = locate(s.model, Path(cfg.paths.weights), cfg.allow_random_init, cfg.seed)
         sam = build(source, cfg.seed).to(device).eval()
+        predictor = Predictor(sam, s.amp)
         cache = EmbeddingCache(cache_dir(cfg), source.key, s.cache)
     # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
     guard_resume("sam", cfg, out, d, resume, {
@@ -64,7 +68,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
             (out / stale).unlink(missing_ok=True)
     if d.main:
         (out / "metrics.json").unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
-    coco_test = Path(dataset_dir) / "coco" / "annotations" / "instances_test.json"
+    truth = load_truth(Path(dataset_dir) / "coco" / "annotations" / "instances_test.json") if d.main else None
     test = items["test"][0]
 
     caveats = [] if source.provenance["pretrained"] else [
@@ -75,7 +79,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         if resume and baseline_file.is_file():
             zero_shot = read_json(baseline_file)
         elif d.main:
-            zero_shot = evaluate.score(sam, test, cache, names, coco_test, device, s.amp)[0]
+            zero_shot = evaluate.score(predictor, test, cache, names, truth)[0]
             zero_shot.update({"meaningful": not caveats, "caveats": caveats})
             write_json(baseline_file, zero_shot)
             _headline("zero-shot (GT boxes)", zero_shot)
@@ -95,12 +99,12 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         cache = EmbeddingCache(cache.folder, f"{source.key}|{file_digest(decoder)}", s.cache)
 
     with phases("evaluate"):
-        finetuned, masks = evaluate.score(sam, test, cache, names, coco_test, device, s.amp)
+        finetuned, masks = evaluate.score(predictor, test, cache, names, truth)
         _headline("fine-tuned (GT boxes)", finetuned)
         det_path = Path(detections) if detections else Path(cfg.paths.runs) / cfg.category / "yolo" / "detections_test.json"
         detector = None
         if det_path.is_file():
-            detector, _ = evaluate.score(sam, test, cache, names, coco_test, device, s.amp,
+            detector, _ = evaluate.score(predictor, test, cache, names, truth,
                                          evaluate.detector_prompts(det_path, s.detector_conf))
             detector.update({"detections": str(det_path), "conf": s.detector_conf})
             _headline("fine-tuned (YOLO boxes)", detector)

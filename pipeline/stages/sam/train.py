@@ -22,45 +22,32 @@ from torch import nn
 from pipeline.config import SamConfig
 from pipeline.console import info
 from pipeline.stages.sam.cache import EmbeddingCache
-from pipeline.stages.sam.data import Item, prepare
+from pipeline.stages.sam.data import Item, embedding, prepare
 from pipeline.stages.sam.loss import mask_iou, sam_loss
 from pipeline.stages.sam.model import set_trainable, trainable_state
+from pipeline.stages.sam.predictor import Points, Predictor
 from pipeline.training import distributed
 from pipeline.training.optim import adamw, warmup_cosine
-from pipeline.training.state import autocast, rng_state, save, seed_everything, set_rng_state
+from pipeline.training.sampling import ShardedSampler
+from pipeline.training.state import rng_state, save, seed_everything, set_rng_state
 
 
 class PromptedSam(nn.Module):
-    """Embeddings (or images, when encoder blocks train) and prompts in, low-res mask logits and IoU out."""
+    """The predictor's differentiable path as one module, so that DDP wraps a single forward per step.
 
-    def __init__(self, sam: Sam, encode: bool) -> None:
+    Embeddings (or input-frame images, when encoder blocks train) and input-frame prompts in, one low-res mask
+    logit map and IoU prediction per prompt out, per image."""
+
+    def __init__(self, sam: Sam, encode: bool, amp: bool = False) -> None:
         super().__init__()
         self.sam = sam
         self.encode = encode
+        self.predictor = Predictor(sam, amp)
 
     def forward(self, inputs: list[torch.Tensor], boxes: list[torch.Tensor],
-                points: list[tuple[torch.Tensor, torch.Tensor] | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        outs = []
-        for x, b, pts in zip(inputs, boxes, points):
-            emb = self.sam.image_encoder(self.sam.preprocess(x.float())[None]) if self.encode else x
-            sparse, dense = self.sam.prompt_encoder(points=pts, boxes=b, masks=None)
-            low, iou = self.sam.mask_decoder(image_embeddings=emb, image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                             multimask_output=False)
-            outs.append((low, iou))
-        return outs
-
-
-def encode(sam: Sam, image: torch.Tensor, device: str, amp: bool) -> torch.Tensor:
-    """The image encoder's output (1, C, E, E) for one uint8 image (3, h, w)."""
-    with torch.no_grad(), autocast(device, amp):
-        return sam.image_encoder(sam.preprocess(image.to(device).float())[None]).float()
-
-
-def embedding(sam: Sam, cache: EmbeddingCache, item: Item, view: int, img_size: int, device: str,
-              amp: bool) -> torch.Tensor:
-    return cache.get(item.digest, view, lambda: encode(sam, prepare(item, view, img_size, True)["image"], device, amp),
-                     device)
+                points: list[Points | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        p = self.predictor
+        return [p.decode(p.encode(x) if self.encode else x, b, pts) for x, b, pts in zip(inputs, boxes, points)]
 
 
 def jitter(boxes: torch.Tensor, fraction: float, limit: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
@@ -88,24 +75,22 @@ def sample_points(masks: Any, scale: float, k: int, gen: torch.Generator) -> tup
 
 
 def _shard(n: int, epoch: int, seed: int, d: distributed.Dist) -> list[int]:
-    """This process's share of a seeded permutation, padded like ``DistributedSampler`` so every rank steps equally."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    order += order[: (-len(order)) % d.world]
-    return order[d.rank :: d.world]
+    """This process's share of the epoch's seeded permutation (``ShardedSampler``: padded so every rank steps equally)."""
+    sampler = ShardedSampler(n, seed, d.rank, d.world)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
 @torch.no_grad()
-def val_iou(model: PromptedSam, items: list[Item], cache: EmbeddingCache, cfg: SamConfig, img_size: int,
-            device: str) -> float:
+def val_iou(model: PromptedSam, items: list[Item], cache: EmbeddingCache) -> float:
     """Mean instance IoU on val with exact ground-truth boxes, in the low-res frame (for model selection)."""
+    p = model.predictor
     scores = []
     for item in (it for it in items if len(it.boxes)):
-        prep = prepare(item, 0, img_size)
-        x = prepare(item, 0, img_size, True)["image"].to(device) if model.encode \
-            else embedding(model.sam, cache, item, 0, img_size, device, cfg.amp)
-        with autocast(device, cfg.amp):
-            low, _ = model([x], [prep["boxes"].to(device)], [None])[0]
-        scores += mask_iou(low.float(), prep["target"].to(device)).tolist()
+        prep = prepare(item, 0, p.img_size)
+        x = prepare(item, 0, p.img_size, True)["image"] if model.encode else embedding(p, cache, item, 0)
+        low, _ = model([x], [prep["boxes"].to(p.device)], [None])[0]
+        scores += mask_iou(low.float(), prep["target"].to(p.device)).tolist()
     return sum(scores) / len(scores) if scores else 0.0
 
 
@@ -117,7 +102,8 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
     set_trainable(sam, cfg.unfreeze_blocks)
     use_cache = cfg.cache and cfg.unfreeze_blocks == 0
     cache.enabled = cache.enabled and use_cache
-    model = PromptedSam(sam, encode=not use_cache).to(device)
+    model = PromptedSam(sam, encode=not use_cache, amp=cfg.amp).to(device)
+    predictor = model.predictor
     # single-mask output leaves SAM's other mask tokens (and point embeddings, without points) without gradient
     net = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.startswith("cuda") else None,
                                               find_unused_parameters=True) if d.enabled else model
@@ -143,7 +129,7 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
         views = range(cfg.views)
         work = [(it, v) for it in train_items for v in views] + [(it, 0) for it in val_items if len(it.boxes)]
         for it, v in work[d.rank :: d.world]:
-            embedding(sam, cache, it, v, img_size, device, cfg.amp)
+            embedding(predictor, cache, it, v)
         distributed.barrier(d)
     embed_s = time.perf_counter() - t0
     embed_counts = cache.counts()
@@ -160,13 +146,12 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
             chunk = [train_items[i] for i in order[start:start + cfg.batch]]
             views = torch.randint(cfg.views, (len(chunk),), generator=gen).tolist()
             preps = [prepare(it, v, img_size) for it, v in zip(chunk, views)]
-            inputs = [prepare(it, v, img_size, True)["image"].to(device) if model.encode
-                      else embedding(sam, cache, it, v, img_size, device, cfg.amp) for it, v in zip(chunk, views)]
+            inputs = [prepare(it, v, img_size, True)["image"] if model.encode else embedding(predictor, cache, it, v)
+                      for it, v in zip(chunk, views)]
             boxes = [jitter(p["boxes"], cfg.box_jitter, p["input_size"], gen).to(device) for p in preps]
             points = [sample_points(p["masks"], p["scale"], cfg.points, gen) for p in preps]
             points = [None if p is None else (p[0].to(device), p[1].to(device)) for p in points]
-            with autocast(device, cfg.amp):
-                outs = net(inputs, boxes, points)
+            outs = net(inputs, boxes, points)  # under the predictor's autocast
             losses = [sam_loss(low, iou, p["target"].to(device), cfg.loss.focal, cfg.loss.dice, cfg.loss.iou,
                                cfg.focal_gamma, cfg.focal_alpha) for (low, iou), p in zip(outs, preps)]
             loss = torch.stack([l for l, _ in losses]).mean()
@@ -181,7 +166,7 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * len(losses)
             n += len(losses)
         model.eval()
-        score = val_iou(model, val_items, cache, cfg, img_size, device)
+        score = val_iou(model, val_items, cache)
         row = {"epoch": epoch + 1, **{k: round(distributed.mean(d, v / max(n, 1)), 5) for k, v in sums.items()},
                "val_iou": round(score, 5), "cache_hits": cache.hits - hits0, "cache_misses": cache.misses - misses0,
                "seconds": round(time.perf_counter() - t_epoch, 3), "lr": scheduler.get_last_lr()[0]}
