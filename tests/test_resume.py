@@ -145,6 +145,12 @@ def test_sam_resume_on_other_data_is_refused(converted_dataset, tmp_path):
         run_finetune_sam(cfg, data, out, resume=True)
     assert (out / "last.pt").is_file()
 
+    # a damaged checkpoint (or one from another pipe version) is one line, not a traceback
+    (out / "run_inputs.json").unlink()
+    (out / "last.pt").write_bytes(b"<html>not a checkpoint</html>")
+    with pytest.raises(PipeError, match=r"last\.pt: cannot resume from this checkpoint .*without --resume"):
+        run_finetune_sam(cfg, data, out, resume=True)
+
 
 # --- classification --------------------------------------------------------------------------------------------
 

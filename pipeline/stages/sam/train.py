@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline.config import SamConfig
 from pipeline.console import info
+from pipeline.errors import PipeError
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import Item, embedding, prepare
 from pipeline.stages.sam.loss import mask_iou, sam_loss
@@ -114,12 +115,16 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
     state: dict[str, Any] = {"epoch": 0, "best_iou": -1.0, "best_epoch": None, "history": []}
     last = out / "last.pt"
     if resume and last.is_file():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        sam.load_state_dict(ckpt["trainable"], strict=False)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        state = ckpt["state"]
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            sam.load_state_dict(ckpt["trainable"], strict=False)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            state = ckpt["state"]
+        except Exception as exc:  # damaged, or written by a pipe whose schedule or layout differed
+            raise PipeError(f"{last}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); it is damaged "
+                            f"or from another pipe version: run without --resume to start afresh") from None
         info(f"resuming SAM fine-tuning from epoch {state['epoch'] + 1} of {cfg.epochs}")
     else:  # the same random state whether or not this process ran the zero-shot phase first (a resumed one skips it)
         seed_everything(seed)
