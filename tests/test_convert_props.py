@@ -5,7 +5,9 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.convert.instances import ConvertParams, convert_mask, decode_coco, split_instances
+from pipeline.coco import decode as decode_coco
+from pipeline.convert.instances import ConvertParams, convert_mask
+from pipeline.data.masks import split_instances
 
 
 @st.composite

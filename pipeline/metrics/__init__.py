@@ -1,1 +1,1 @@
-"""Metrics shared by the stages (COCO AP through pycocotools, mask IoU/Dice, classification scores)."""
+"""Metrics shared by the stages (COCO AP through pycocotools, classification scores); mask IoU/Dice are in ``pipeline.coco``."""

@@ -16,8 +16,6 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
@@ -69,13 +67,3 @@ def coco_ap(gt: str | Path | dict[str, Any] | COCO, detections: list[dict[str, A
     return {"map": max(float(ev.stats[0]), 0.0), "map50": max(float(ev.stats[1]), 0.0),
             "ap50_per_class": per_class, "detections": len(detections)}
 
-
-def xywh_to_xyxy(boxes: list[list[float]]) -> np.ndarray:
-    """COCO ``[x, y, w, h]`` boxes to an (N, 4) float32 array of ``[x1, y1, x2, y2]``."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-
-
-def xyxy_to_xywh(box: np.ndarray | list[float]) -> list[float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]

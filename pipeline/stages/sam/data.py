@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.convert.instances import decode_coco
+from pipeline.coco import decode, xywh_to_xyxy
 from pipeline.data.images import read_image
 from pipeline.errors import DataError
 from pipeline.io import read_json
-from pipeline.metrics.coco import xywh_to_xyxy
 from pipeline.stages.common import require
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.predictor import Predictor, to_input_boxes, to_input_image
@@ -74,7 +73,7 @@ def load_split(dataset_dir: Path, split: str) -> tuple[list[Item], dict[int, str
         path = require(Path(dataset_dir) / "coco" / "images" / split / im["file_name"], "COCO image", fix)
         anns = sorted(by_image.get(image_id, []), key=lambda a: a["id"])
         h, w = im["height"], im["width"]
-        masks = np.stack([decode_coco(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
+        masks = np.stack([decode(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
         boxes = xywh_to_xyxy([a["bbox"] for a in anns])
         items.append(Item(im["file_name"], image_id, path, h, w, masks, boxes, [a["category_id"] for a in anns],
                           hashlib.sha256(path.read_bytes()).hexdigest()))

@@ -20,13 +20,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
+from pipeline.coco import dice, encode, iou, to_json, xywh_to_xyxy
 from pipeline.data.images import read_image
 from pipeline.io import read_json
-from pipeline.metrics.coco import coco_ap, xywh_to_xyxy
-from pipeline.metrics.masks import dice, iou
+from pipeline.metrics.coco import coco_ap
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import Item, embedding
 from pipeline.stages.sam.predictor import Predictor
@@ -37,11 +36,6 @@ def segment(predictor: Predictor, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, n
     """Full-resolution masks (N, H, W) and predicted IoUs (N,) for boxes in pixels of the predictor's current image."""
     masks, scores, _ = predictor.predict(boxes=boxes_xyxy)
     return masks[:, 0].cpu().numpy(), scores[:, 0].cpu().numpy()
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
 def _summary(values: list[float]) -> float | None:
@@ -84,7 +78,7 @@ def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names:
         img_iou[item.label].append(iou(union_pred, union_true))
         img_dice[item.label].append(dice(union_pred, union_true))
         for k, m in enumerate(masks):
-            results.append({"image_id": item.image_id, "category_id": int(cats[k]), "segmentation": _rle(m),
+            results.append({"image_id": item.image_id, "category_id": int(cats[k]), "segmentation": to_json(encode(m)),
                             "score": float(scores[k] if scores is not None else iou_pred[k])})
     all_iou = [v for vs in inst_iou.values() for v in vs]
     all_dice = [v for vs in inst_dice.values() for v in vs]

@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from pipeline.coco import batch_iou
+
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice on the probabilities, smoothed by ``eps``: differentiable, unlike the scores in ``pipeline.coco``."""
     p = logits.sigmoid().flatten(1)
     t = target.flatten(1)
     return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
@@ -15,11 +18,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """IoU of the thresholded prediction with the target, per instance (no gradient: it is the IoU head's label)."""
-    pred = (logits > 0).flatten(1)
-    t = target.flatten(1) > 0.5
-    inter = (pred & t).sum(1).float()
-    union = (pred | t).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return batch_iou(logits > 0, target > 0.5)
 
 
 def sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, w_focal: float, w_dice: float,

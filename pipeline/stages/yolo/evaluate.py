@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.coco import xyxy_to_xywh
 from pipeline.data.images import read_image
 from pipeline.io import read_json
-from pipeline.metrics.coco import coco_ap, xyxy_to_xywh
+from pipeline.metrics.coco import coco_ap
 from pipeline.viz import PALETTE, TRUTH, draw_box, to_bgr
 
 
@@ -65,8 +66,8 @@ def predict(model: torch.nn.Module, images: list[Path], imgsz: int, conf: float,
     for path, r in zip(images, results):
         b = r.boxes
         boxes[Path(path).name] = [
-            {"bbox": xyxy_to_xywh(xyxy), "class": int(c), "score": round(float(s), 5)}
-            for xyxy, c, s in zip(b.xyxy.cpu().numpy(), b.cls.cpu().numpy(), b.conf.cpu().numpy())
+            {"bbox": xywh, "class": int(c), "score": round(float(s), 5)}
+            for xywh, c, s in zip(xyxy_to_xywh(b.xyxy), b.cls.cpu().numpy(), b.conf.cpu().numpy())
         ]
     latency = float(np.mean([r.speed["inference"] for r in results])) if results else 0.0
     return boxes, latency
