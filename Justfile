@@ -54,6 +54,10 @@ bench-yolo *ARGS:
 bench-convert:
     MVTEC_ROOT="${MVTEC_ROOT:-../shared/data/mvtec}" python bench/convert.py --category {{category}}
 
+# whole-process start-up: `pipe convert` vs ultralytics' converter, `just all` up to date vs `import torch`, `pipe --help`
+bench-startup *ARGS:
+    MVTEC_ROOT="${MVTEC_ROOT:-../shared/data/mvtec}" python bench/startup.py --category {{category}} {{ARGS}}
+
 # generate the synthetic stand-in under datasets/synthetic
 synth *ARGS:
     pipe synth {{category}} {{ARGS}}

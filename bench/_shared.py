@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import Config  # noqa: E402
 from pipeline.convert.instances import ConvertParams  # noqa: E402
 from pipeline.convert.run import run_convert  # noqa: E402
-from pipeline.data.layout import load_category  # noqa: E402
+from pipeline.data.layout import Category, load_category  # noqa: E402
 from pipeline.data.synth import synthesize  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
@@ -42,6 +42,31 @@ def converted(cfg: Config, root: str | None, category: str, work: Path) -> Path:
     run_convert(load_category(root, category), dataset, ConvertParams(c.merge_distance, c.min_area, c.simplify,
                 c.coco_min_iou, c.yolo_seg_min_iou), c.split.model_dump(), cfg.seed, c.add_train_good)
     return dataset
+
+
+def mask_source(root: str | None, category: str, work: Path) -> tuple[Path, str]:
+    """The data root the conversion benchmarks time on, and whether it is real: ``root``, or (without one) a
+    synthetic category at MVTec's size with bottle's 63 masks, generated under ``work``."""
+    if root:
+        return Path(root), "real"
+    synthesize(category, work / "synthetic", size=900, train_good=20, test_good=20, test_per_defect=21)
+    return work / "synthetic", "synthetic"
+
+
+def index_masks(cat: Category, folder: Path) -> Path:
+    """``folder`` holding a copy of each defect mask with pixel value = class index + 1: the input
+    ultralytics' ``convert_segment_masks_to_yolo_seg`` wants (prepared untimed, before any comparison)."""
+    import cv2
+
+    from pipeline.data.images import binarize, read_mask_raw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    defects = cat.spec.defects
+    for s in cat.samples:
+        if s.mask is not None:
+            m = binarize(read_mask_raw(s.mask)).astype("uint8") * (defects.index(s.label) + 1)
+            cv2.imwrite(str(folder / s.rel.replace("/", "_")), m)
+    return folder
 
 
 def finish(name: str, rows: list[tuple[str, Any]], result: dict[str, Any], json_path: Path | None,

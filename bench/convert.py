@@ -6,7 +6,8 @@ Measured in one process on the same masks, OpenCV limited to one thread, methods
 - floor: decoding every mask (cv2) and thresholding it, nothing else;
 - ultralytics: ``convert_segment_masks_to_yolo_seg`` on the same masks (class-indexed copies prepared
   beforehand, untimed), which writes YOLO-seg polygons only and checks nothing;
-- pipe convert: instances, YOLO boxes and polygons, COCO polygons/RLE, fidelity IoUs, in memory;
+- pipe convert: decoding each mask once, instances, YOLO boxes and polygons, COCO polygons/RLE, fidelity
+  IoUs, in memory (validation's decoded masks are dropped first, so each run decodes as ``pipe convert`` does);
 - pipe convert + write: the above plus writing yolo-det, yolo-seg, coco, splits and report to disk
   (under --work, default datasets/; each run, ultralytics' too, writes into a fresh folder). File
   creation dominates this row and varies with the disk: on a busy ext4 VM one new inode took from
@@ -22,21 +23,19 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
+from _shared import index_masks, mask_source
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.convert.instances import ConvertParams  # noqa: E402
-from pipeline.convert.run import convert_all, run_convert  # noqa: E402
-from pipeline.data.images import binarize, read_mask_raw  # noqa: E402
-from pipeline.data.layout import load_category  # noqa: E402
-from pipeline.data.synth import synthesize  # noqa: E402
+from pipeline.convert.instances import ConvertParams
+from pipeline.convert.run import convert_all, run_convert
+from pipeline.data.images import binarize, read_mask_raw
+from pipeline.data.layout import load_category
 
 
 def best_of(repeat: int, methods: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -70,19 +69,11 @@ def main() -> None:
     shm = Path("/dev/shm")
     memory = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) else None
     try:
-        if args.root:
-            root, data = Path(args.root), "real"
-        else:
-            root, data = work / "synthetic", "synthetic"
-            synthesize(args.category, root, size=900, train_good=20, test_good=20, test_per_defect=21)
-        cat = load_category(root, args.category)
+        root, data = mask_source(args.root, args.category, work)
+        cat = replace(load_category(root, args.category), masks={})  # every pipe run below decodes its masks
         masked = [s for s in cat.samples if s.mask is not None]
         defects = cat.spec.defects
-        indexed = work / "indexed"
-        indexed.mkdir()
-        for s in masked:  # ultralytics wants one mask per image with pixel value = class index + 1
-            m = binarize(read_mask_raw(s.mask)).astype("uint8") * (defects.index(s.label) + 1)
-            cv2.imwrite(str(indexed / s.rel.replace("/", "_")), m)
+        indexed = index_masks(cat, work / "indexed")
 
         params = ConvertParams()
         ratios = {"train": 0.6, "val": 0.2, "test": 0.2}

@@ -96,7 +96,7 @@ class StageRun:
 def _protected(cfg, *datasets: Path) -> list[tuple[str, Path]]:
     """What no output may equal, contain or lie inside: the data roots, the stage's input datasets and the
     source category each dataset was converted from (which may sit under another root than this run's)."""
-    from pipeline.data.layout import resolve_root
+    from pipeline.data.categories import resolve_root
     from pipeline.io import read_json
 
     out = [("the MVTec AD data root", resolve_root(cfg.data.root)),
@@ -169,13 +169,15 @@ def _stage(cfg, stage: str, target: Path, inputs: list[Path], outputs: list[Path
 
 def _category_folder(cfg, fallback_synthetic: bool) -> Path:
     """The category folder a run will read (the synthetic stand-in's when the real one is absent and allowed)."""
-    from pipeline.data.layout import resolve_root
+    from pipeline.data.categories import resolve_root
 
     real = resolve_root(cfg.data.root) / cfg.category
     return real if real.is_dir() or not fallback_synthetic else Path(cfg.data.synthetic_root) / cfg.category
 
 
 def _device(cfg) -> str:
+    """The device a training stage will run on: part of its up-to-date key, so it is resolved before the stage
+    decides to skip, without importing torch where CUDA is surely absent (``device.cuda_available``)."""
     from pipeline.device import select_device
 
     return select_device(cfg.device)
@@ -194,10 +196,6 @@ def stats(
     set_: Sets = None,
 ) -> None:
     """Validate a category and write its dataset card: classes, counts per split, image size, mask statistics."""
-    from rich.markdown import Markdown
-
-    from pipeline.data.stats import card_markdown, dataset_card, write_card
-
     cfg = _config(category, config, profile, set_, root=root)
     target = out or Path(cfg.paths.runs) / category / "stats"
     with _stage(cfg, "stats", target, [_category_folder(cfg, fallback_synthetic)],
@@ -205,7 +203,10 @@ def stats(
                 protected=_protected(cfg)) as run:
         if not run:
             return
+        from rich.markdown import Markdown
+
         from pipeline.data.source import open_category
+        from pipeline.data.stats import card_markdown, dataset_card, write_card
 
         card = dataset_card(open_category(cfg, fallback_synthetic), cfg.classes)
         md_path = write_card(card, run.work)[1]
@@ -230,14 +231,14 @@ def convert(
     set_: Sets = None,
 ) -> None:
     """Convert masks to YOLO boxes, YOLO polygons and COCO instances, with the shared splits.json."""
-    from pipeline.data.source import open_category
-
     cfg = _config(category, config, profile, set_, root=root,
                   **{"convert.preview": preview, "convert.workers": workers})
     target = out or Path(cfg.paths.datasets) / category
     with _stage(cfg, "convert", target, [_category_folder(cfg, fallback_synthetic)], [target], force,
                 protected=_protected(cfg), writes="atomic") as run:
         if run:
+            from pipeline.data.source import open_category  # OpenCV, NumPy: only once the stage runs
+
             _convert(cfg, open_category(cfg, fallback_synthetic), run.work)
 
 
@@ -294,7 +295,7 @@ def download(
 ) -> None:
     """Download MVTec AD (resumable, checksum-verified) or install a local copy under the data root."""
     from pipeline.data.download import install
-    from pipeline.data.layout import resolve_root
+    from pipeline.data.categories import resolve_root
 
     path = install(category, resolve_root(root), source=from_, full=full, sha256=sha256, force=force)
     info(f"{category} is ready at {path}")

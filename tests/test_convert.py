@@ -4,10 +4,16 @@ import contextlib
 import hashlib
 import io
 import os
+from collections import Counter
+from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from pipeline.cli import app
 
 from pipeline.convert.instances import ConvertParams
 from pipeline.convert.run import convert_all, run_convert
@@ -145,6 +151,22 @@ def test_rerun_is_byte_identical(tiny_root, tmp_path, converted):
 def test_parallel_conversion_matches_one_process(tiny_root):
     cat = load_category(tiny_root, "bottle")
     assert convert_all(cat, ConvertParams(), workers=2) == convert_all(cat, ConvertParams(), workers=1)
+    # a category whose validation kept no masks decodes them itself, with the same result
+    assert convert_all(replace(cat, masks={}), ConvertParams(), workers=2) == convert_all(cat, ConvertParams())
+
+
+@pytest.mark.parametrize("command", [["stats"], ["convert", "--preview", "1"], ["convert", "--workers", "2"]])
+def test_each_mask_is_decoded_once_per_command(tiny_root, tmp_path, monkeypatch, command):
+    """Validation decodes every mask; the dataset card and the conversion (its workers too, which are sent
+    the decoded masks) use those and never open a mask PNG's pixels again."""
+    decoded = Counter()
+    imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda path, *a: (decoded.update([str(path)]), imread(path, *a))[1])
+    r = CliRunner().invoke(app, [command[0], "bottle", "--root", str(tiny_root), "--out", str(tmp_path / "out"),
+                                 *command[1:]])
+    assert r.exit_code == 0, r.output
+    masks = [str(p) for p in sorted((tiny_root / "bottle/ground_truth").rglob("*.png"))]
+    assert masks and {m: decoded[m] for m in masks} == dict.fromkeys(masks, 1)
 
 
 def test_add_train_good(tiny_root, tmp_path):

@@ -59,6 +59,17 @@ def test_truncated_png(tiny_copy):
         load_category(tiny_copy, "bottle")
 
 
+@pytest.mark.parametrize("where", ["image", "mask"])
+def test_flipped_byte_fails_its_png_checksum(tiny_copy, where):
+    rel = "test/broken_small/001.png" if where == "image" else "ground_truth/broken_small/001_mask.png"
+    path = tiny_copy / "bottle" / rel
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the pixel data: the header still reads, the CRC does not match
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{rel}: unreadable or truncated image \(bad checksum in chunk b'IDAT'"):
+        load_category(tiny_copy, "bottle")
+
+
 def test_garbage_file_named_png(tiny_copy):
     (tiny_copy / "bottle/train/good/003.png").write_bytes(b"not a png at all")
     with pytest.raises(DataError, match=r"train/good/003.png: unreadable or truncated image"):

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.convert.instances import ConvertParams
 from pipeline.convert.run import convert_all
-from pipeline.data.images import binarize
+from pipeline.data.images import PackedMask, binarize
 from pipeline.data.layout import load_category
 from pipeline.data.stats import card_markdown, dataset_card
 from pipeline.errors import DataError
@@ -23,6 +23,22 @@ def _masks(root: Path) -> list[Path]:
 
 def _rewrite(path: Path, values: np.ndarray) -> None:
     assert cv2.imwrite(str(path), values.astype(np.uint8))
+
+
+@pytest.mark.parametrize("where", ["middle", "corners", "everywhere", "nowhere"])
+def test_packed_mask_is_the_mask(where):
+    """What validation keeps of each mask (its bounding-box crop) gives back exactly the mask."""
+    mask = np.zeros((7, 9), bool)
+    if where == "middle":
+        mask[2:5, 3:6] = True
+        mask[3, 4] = False
+    elif where == "corners":
+        mask[0, 0] = mask[6, 8] = True
+    elif where == "everywhere":
+        mask[:] = True
+    packed = PackedMask.pack(mask)
+    assert packed.unpack().dtype == bool and np.array_equal(packed.unpack(), mask)
+    assert packed.crop.size == {"middle": 9, "corners": mask.size, "everywhere": mask.size, "nowhere": 0}[where]
 
 
 def test_binarize_reads_a_zero_one_mask_as_such():

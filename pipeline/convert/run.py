@@ -20,8 +20,9 @@ from pipeline.convert.instances import ConvertParams, convert_mask
 from pipeline.convert.preview import write_previews
 from pipeline.convert.splits import SPLITS, make_splits
 from pipeline.convert.writers import write_coco, write_yolo
-from pipeline.data.images import binarize, read_mask_raw
+from pipeline.data.images import PackedMask
 from pipeline.data.layout import Category
+from pipeline.device import environment
 from pipeline.errors import PipeError
 from pipeline.io import atomic_dir, write_json
 from pipeline.outputs import check_output, die_with_parent, mark
@@ -29,14 +30,18 @@ from pipeline.outputs import check_output, die_with_parent, mark
 PARALLEL_MIN_MASKS = 150  # below this, starting worker processes costs more than it saves
 
 
-def _one(job: tuple[str, str, int, ConvertParams]) -> tuple[str, list[dict[str, Any]]]:
-    rel, mask_path, threshold, params = job
-    return rel, convert_mask(binarize(read_mask_raw(Path(mask_path)), threshold), params)
+def _one(job: tuple[str, PackedMask, ConvertParams]) -> tuple[str, list[dict[str, Any]]]:
+    rel, mask, params = job
+    return rel, convert_mask(mask.unpack(), params)
 
 
 def convert_all(cat: Category, params: ConvertParams, workers: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Instances of every image (good images: none), optionally across processes."""
-    jobs = [(s.rel, str(s.mask), cat.mask_threshold, params) for s in cat.samples if s.mask is not None]
+    """Instances of every image (good images: none), optionally across processes.
+
+    The masks are the ones validation decoded (``Category.packed_mask``), sent to workers as their
+    bounding-box crops: no PNG is decoded twice in one command.
+    """
+    jobs = [(s.rel, cat.packed_mask(s), params) for s in cat.samples if s.mask is not None]
     if workers == 0:
         workers = (os.cpu_count() or 1) if len(jobs) >= PARALLEL_MIN_MASKS else 1
     results: Iterable[tuple[str, list[dict[str, Any]]]]
@@ -104,11 +109,9 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
     defects = cat.spec.defects
     per_class = {sp: {d: sum(len([i for i in instances[r] if i["class"] == d]) for r in rels) for d in defects}
                  for sp, rels in members.items()}
-    from pipeline.device import environment
-
     report = {
         "category": cat.name,
-        "environment": environment("cpu"),  # conversion runs on the CPU
+        "environment": environment("cpu"),  # conversion runs on the CPU (versions read without importing torch)
         "data": cat.provenance,
         "params": {**asdict(params), "ratios": dict(ratios), "seed": seed, "add_train_good": add_train_good,
                    "link": link_mode},

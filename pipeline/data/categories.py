@@ -1,14 +1,28 @@
 """What MVTec AD contains, per category, from Bergmann et al. (CVPR 2019, Table 1).
 
 The known image counts let ``pipe download`` verify an archive whose publisher gives no checksum per
-category, and let ``pipe stats`` flag an incomplete copy.
+category, and let ``pipe stats`` flag an incomplete copy. ``resolve_root`` says where the categories are
+found; it lives here, away from the image readers, because every command's up-to-date check needs it and
+should not pay for importing OpenCV and NumPy to skip.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.errors import DataError
+
+DEFAULT_ROOT = Path("datasets/mvtec")
+
+
+def resolve_root(root: str | Path | None) -> Path:
+    """``--root`` (or the config's data.root), else ``$MVTEC_ROOT``, else ``datasets/mvtec``."""
+    if root:
+        return Path(root)
+    env = os.environ.get("MVTEC_ROOT")
+    return Path(env) if env else DEFAULT_ROOT
 
 
 @dataclass(frozen=True)

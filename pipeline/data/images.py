@@ -1,11 +1,15 @@
 """Reading MVTec images and masks, with errors that name the file.
 
-Headers are probed with Pillow (size and channels without decoding; ``verify`` walks every PNG chunk and
-its CRC, which catches truncated and corrupted files in ~2 ms). Pixels are decoded with OpenCV.
+Headers are probed with Pillow (size and channels without decoding) after every PNG chunk's CRC is checked
+(``png_damage``), which catches truncated and corrupted files in well under a millisecond. Pixels are
+decoded with OpenCV.
 """
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,27 @@ class ImageInfo:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def png_damage(data: bytes) -> str | None:
+    """What is wrong with a PNG file's chunks (one cut short, a CRC that does not match, no IEND), or None.
+
+    The check Pillow's ``verify`` makes, on the file read in one piece: Pillow reads each chunk in two
+    calls from Python, which made it the largest cost of validating a category (every image is checked
+    before any stage runs).
+    """
+    view, pos = memoryview(data), len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind, end = bytes(view[pos + 4:pos + 8]), pos + 8 + length
+        if end + 4 > len(data):
+            return f"chunk {kind!r} cut short at byte {len(data)}"
+        if zlib.crc32(view[pos + 4:end]) != int.from_bytes(view[end:end + 4], "big"):
+            return f"bad checksum in chunk {kind!r} at byte {pos}"
+        if kind == b"IEND":
+            return None
+        pos = end + 4
+    return f"no IEND chunk: file ends at byte {len(data)}"
+
+
 def probe(path: Path) -> ImageInfo:
     """Size and channel count of an image, after checking the whole file is intact.
 
@@ -33,18 +58,18 @@ def probe(path: Path) -> ImageInfo:
     ``Image.open`` to try installing an HEIF plugin on unknown files, which must not happen here.
     """
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    if Path(path).suffix.lower() == ".png" and head != PNG_SIGNATURE:
-        raise DataError(f"{path}: unreadable or truncated image (not a PNG file); re-extract or re-download it")
+    png = Path(path).suffix.lower() == ".png"
+    damage = ("not a PNG file" if not data.startswith(PNG_SIGNATURE) else png_damage(data)) if png else None
+    if damage:
+        raise DataError(f"{path}: unreadable or truncated image ({damage}); re-extract or re-download it")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             info = ImageInfo(im.width, im.height, len(im.getbands()))
-            im.verify()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+            if not png:  # a PNG's chunks were checked above
+                im.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc}); re-extract or re-download it") from None
     return info
@@ -71,8 +96,9 @@ def read_mask_raw(path: Path) -> np.ndarray:
 
 
 def is_binary(mask: np.ndarray) -> bool:
-    """Stored as MVTec does: only 0 and 255."""
-    return bool(np.isin(mask, (0, 255)).all())
+    """Stored as MVTec does: only 0 and 255 (no value in 1..254; ``cv2.inRange`` asks that 20x faster than
+    ``np.isin``, which matters as validation asks it of every mask)."""
+    return mask.size == 0 or not cv2.inRange(mask, 1, 254).any()
 
 
 def is_zero_one(mask: np.ndarray) -> bool:
@@ -87,3 +113,30 @@ def binarize(mask: np.ndarray, threshold: int = 128) -> np.ndarray:
     not only the validation, keeps the defects of such a copy instead of reading them as background.
     """
     return mask >= (1 if is_zero_one(mask) else threshold)
+
+
+@dataclass(frozen=True)
+class PackedMask:
+    """A binarised mask kept as the crop of its bounding box (``x``, ``y``: the crop's corner).
+
+    Validation decodes every mask anyway; keeping the result lets a command's later readers (the dataset
+    card, the conversion, its worker processes) rebuild the mask instead of decoding the PNG again. The
+    crop keeps what a category holds in memory, and what a worker is sent, to the defects' size, not
+    the frame's.
+    """
+
+    shape: tuple[int, int]
+    x: int
+    y: int
+    crop: np.ndarray
+
+    @classmethod
+    def pack(cls, mask: np.ndarray) -> PackedMask:
+        x, y, w, h = cv2.boundingRect(mask.view(np.uint8))  # (0, 0, 0, 0) for an empty mask
+        return cls((mask.shape[0], mask.shape[1]), x, y, mask[y:y + h, x:x + w].copy())
+
+    def unpack(self) -> np.ndarray:
+        """The full boolean HxW mask."""
+        mask = np.zeros(self.shape, dtype=bool)
+        mask[self.y:self.y + self.crop.shape[0], self.x:self.x + self.crop.shape[1]] = self.crop
+        return mask

@@ -5,11 +5,13 @@ defect image has its mask, each mask matches its image's size and marks some def
 every defect folder holds images. What it tolerates is how a mask is stored: a {0, 1} mask is read as such
 (with a note) and any other non-binary mask is thresholded with a warning (some re-encoded copies of MVTec
 have anti-aliased masks). A defect must never silently become background.
+
+Each mask is decoded once, here: the binarised masks stay on the ``Category`` (``Category.masks``), and
+the rest of the command (the dataset card, the conversion) reads them from there.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.console import info, track, warn
-from pipeline.data.categories import CategorySpec, get_category
-from pipeline.data.images import ImageInfo, binarize, is_binary, is_zero_one, probe, read_mask_raw
+from pipeline.data.categories import CategorySpec, get_category, resolve_root
+from pipeline.data.images import ImageInfo, PackedMask, binarize, is_binary, is_zero_one, probe, read_mask_raw
 from pipeline.errors import DataError
 from pipeline.io import read_json
 
 SYNTHETIC_MARKER = "SYNTHETIC.json"
-DEFAULT_ROOT = Path("datasets/mvtec")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Category:
     nonbinary_masks: list[str] = field(default_factory=list)
     zero_one_masks: list[str] = field(default_factory=list)  # stored as {0, 1}, read with 1 as the defect
     synthetic: dict[str, Any] | None = None
+    masks: dict[str, PackedMask] = field(default_factory=dict, repr=False)  # rel -> binarised, from validation
 
     @property
     def name(self) -> str:
@@ -64,7 +66,16 @@ class Category:
         if sample.mask is None:
             info = self.info[sample.rel]
             return np.zeros((info.height, info.width), dtype=bool)
-        return binarize(read_mask_raw(sample.mask), self.mask_threshold)
+        return self.packed_mask(sample).unpack()
+
+    def packed_mask(self, sample: Sample) -> PackedMask:
+        """A defect image's binarised mask as validation decoded it (decoded now only if it was not kept)."""
+        packed = self.masks.get(sample.rel)
+        if packed is None:
+            if sample.mask is None:
+                raise ValueError(f"{sample.rel}: a good image has no mask")
+            packed = PackedMask.pack(binarize(read_mask_raw(sample.mask), self.mask_threshold))
+        return packed
 
     def by_label(self, split: str | None = None) -> dict[str, list[Sample]]:
         out: dict[str, list[Sample]] = {}
@@ -72,14 +83,6 @@ class Category:
             if split is None or s.split == split:
                 out.setdefault(s.label, []).append(s)
         return out
-
-
-def resolve_root(root: str | Path | None) -> Path:
-    """``--root`` (or the config's data.root), else ``$MVTEC_ROOT``, else ``datasets/mvtec``."""
-    if root:
-        return Path(root)
-    env = os.environ.get("MVTEC_ROOT")
-    return Path(env) if env else DEFAULT_ROOT
 
 
 def _pngs(folder: Path) -> list[Path]:
@@ -133,6 +136,7 @@ def validate_dir(cat_dir: Path, spec: CategorySpec, mask_threshold: int = 128) -
     infos: dict[str, ImageInfo] = {}
     nonbinary: list[str] = []
     zero_one: list[str] = []
+    masks: dict[str, PackedMask] = {}
     for s in track(samples, f"validating {spec.name}"):
         try:
             infos[s.rel] = probe(s.image)
@@ -140,9 +144,11 @@ def validate_dir(cat_dir: Path, spec: CategorySpec, mask_threshold: int = 128) -
             problems.append(str(exc))
             continue
         if s.mask is not None:
-            problem = _check_mask(s.image, s.mask, infos[s.rel], mask_threshold, nonbinary, zero_one)
-            if problem:
-                problems.append(problem)
+            checked = _check_mask(s.image, s.mask, infos[s.rel], mask_threshold, nonbinary, zero_one)
+            if isinstance(checked, str):
+                problems.append(checked)
+            else:
+                masks[s.rel] = PackedMask.pack(checked)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise DataError(problems[0] + more)
@@ -154,12 +160,13 @@ def validate_dir(cat_dir: Path, spec: CategorySpec, mask_threshold: int = 128) -
     marker = cat_dir / SYNTHETIC_MARKER
     synthetic = read_json(marker) if marker.is_file() else None
     return Category(spec, cat_dir, samples, infos, mask_threshold, nonbinary_masks=nonbinary,
-                    zero_one_masks=zero_one, synthetic=synthetic)
+                    zero_one_masks=zero_one, synthetic=synthetic, masks=masks)
 
 
 def _check_mask(image: Path, mask: Path, img: ImageInfo, threshold: int,
-                nonbinary: list[str], zero_one: list[str]) -> str | None:
-    """The problem with a defect image's mask, or None; notes how the mask is stored in ``nonbinary``/``zero_one``.
+                nonbinary: list[str], zero_one: list[str]) -> str | np.ndarray:
+    """The problem with a defect image's mask, or the binarised mask; notes how the mask is stored in
+    ``nonbinary``/``zero_one``.
 
     A mask that marks nothing once binarised is a problem, not a warning: the image would silently
     become a defect image with no defect, and every stage would learn and measure the wrong thing.
@@ -178,8 +185,9 @@ def _check_mask(image: Path, mask: Path, img: ImageInfo, threshold: int,
         zero_one.append(str(mask))
     elif not is_binary(raw):
         nonbinary.append(str(mask))
-    if binarize(raw, threshold).any():
-        return None
+    binary = binarize(raw, threshold)
+    if binary.any():
+        return binary
     why = "all zero" if not raw.any() else f"every value below data.mask_threshold={threshold}, maximum {int(raw.max())}"
     return (f"{mask}: mask of defect image {image.name} marks no defect ({why}); fix the mask, "
             "or move the image to test/good if it shows no defect")

@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.console import track
 from pipeline.data.layout import Category
 from pipeline.data.masks import components
+from pipeline.device import environment
 from pipeline.io import write_json, write_text
 
 MODES = {1: "greyscale", 3: "RGB", 4: "RGBA"}
@@ -58,11 +59,9 @@ def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None) -> 
             everything.setdefault(k, []).extend(v)
     mask_stats["all"] = {k: _summary(v) for k, v in everything.items()}
 
-    from pipeline.device import environment
-
     return {
         "category": spec.name,
-        "environment": environment("cpu"),  # measured on the CPU; recorded like every output
+        "environment": environment("cpu"),  # measured on the CPU (no torch needed); recorded like every output
         "kind": spec.kind,
         "data": cat.provenance,
         "classes": [{"name": c, "display": (prompts.get(c) or [c.replace("_", " ")])[0], "prompts": prompts.get(c, [])}
