@@ -6,6 +6,8 @@ import argparse
 import os
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,21 @@ from pipeline.convert.run import run_convert  # noqa: E402
 from pipeline.data.layout import Category, load_category  # noqa: E402
 from pipeline.data.synth import synthesize  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+
+
+def interleaved(repeat: int, methods: dict[str, Callable[[], object]], warmup: bool = False) -> dict[str, list[float]]:
+    """Wall time of every call, ``repeat`` rounds taken round-robin so that a noisy neighbour slows all methods
+    alike; with ``warmup``, one untimed round first (file caches, first imports)."""
+    if warmup:
+        for fn in methods.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeat):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def parser(doc: str, name: str) -> argparse.ArgumentParser:
@@ -78,7 +95,13 @@ def finish(name: str, rows: list[tuple[str, Any]], result: dict[str, Any], json_
         print(f"{k:<{width}}  {v}")
     device = result["device"]
     tag = "cuda-" + result["device_name"].replace(" ", "_") if device.startswith("cuda") else "cpu"
+    save_result(name, tag, result, json_path)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def save_result(name: str, tag: str, result: dict[str, Any], json_path: Path | None = None) -> Path:
+    """Write ``bench/results/<name>-<tag>.json`` (or ``json_path``) with the command that reproduces it."""
     out = json_path or Path(__file__).resolve().parent / "results" / f"{name}-{tag}.json"
     write_json(out, {**result, "command": f"python bench/{name}.py " + " ".join(sys.argv[1:])})
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {out}")
+    print(f"\nwrote {out}")
+    return out

@@ -18,35 +18,21 @@ Prints a table and writes JSON (the fastest of --repeat interleaved runs of each
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
-from _shared import index_masks, mask_source
+from _shared import index_masks, interleaved, mask_source, save_result
 
 from pipeline.convert.instances import ConvertParams
 from pipeline.convert.run import convert_all, run_convert
 from pipeline.data.images import binarize, read_mask_raw
 from pipeline.data.layout import load_category
-
-
-def best_of(repeat: int, methods: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Fastest of ``repeat`` runs per method, taken round-robin so that a noisy neighbour slows all alike."""
-    best = {name: float("inf") for name in methods}
-    for _ in range(repeat):
-        for name, fn in methods.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
 
 
 def main() -> None:
@@ -89,7 +75,7 @@ def main() -> None:
         if memory:  # the same writes where creating a file costs no disk work: what the writing code itself costs
             methods["pipe convert + write all formats (tmpfs)"] = \
                 lambda: run_convert(cat, Path(tempfile.mkdtemp(dir=memory)) / args.category, params, ratios, 0, workers=1)
-        rows = best_of(args.repeat, methods)
+        rows = {name: min(t) for name, t in interleaved(args.repeat, methods).items()}  # fastest counts
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if memory:
@@ -106,10 +92,7 @@ def main() -> None:
               "threads": 1, "cpu": platform.processor() or platform.machine(), "seconds": rows,
               "ratio_to_floor": {k: v / floor for k, v in rows.items()},
               "speedup_vs_ultralytics": {k: ul / v for k, v in rows.items()}}
-    out = args.json or Path(__file__).parent / "results" / f"convert-{args.category}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    save_result("convert", args.category, result, args.json)
 
 
 if __name__ == "__main__":

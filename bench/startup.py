@@ -22,7 +22,6 @@ table and writes JSON (default bench/results/startup-<category>.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -33,10 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from _shared import index_masks, mask_source
+from _shared import index_masks, interleaved, mask_source, save_result
 
 from pipeline.data.layout import load_category
 from pipeline.device import package_versions
@@ -76,17 +74,6 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], expect: str | None = Non
         raise SystemExit(f"{shlex.join(cmd)} (in {cwd}) exited {proc.returncode}"
                          f"{'' if proc.returncode else f', not {expect!r}'}:\n{proc.stderr[-2000:]}")
     return took
-
-
-def rounds(repeat: int, methods: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
-    """Each method's times over ``repeat`` rounds, taken round-robin after one untimed warm-up round."""
-    for fn in methods.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeat):
-        for name, fn in methods.items():
-            times[name].append(fn())
-    return times
 
 
 def main() -> None:
@@ -129,7 +116,7 @@ def main() -> None:
             'python -c "import torch"': lambda: run([sys.executable, "-c", "import torch"], work, env),
             "pipe --help": lambda: run([*PIPE, "--help"], work, env),
         }
-        times = rounds(args.repeat, methods)
+        times = interleaved(args.repeat, methods, warmup=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -151,12 +138,8 @@ def main() -> None:
     result = {"category": args.category, "data": data, "masks": masks, "profile": args.profile, "repeat": args.repeat,
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "packages": package_versions(), "steps": [shlex.join(["pipe", *s[len(PIPE):]]) for s in steps],
-              "seconds": times, "median_s": med, "ratios": ratios,
-              "command": f"python bench/startup.py {' '.join(sys.argv[1:])}"}
-    out = args.json or Path(__file__).parent / "results" / f"startup-{args.category}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+              "seconds": times, "median_s": med, "ratios": ratios}
+    save_result("startup", args.category, result, args.json)
 
 
 if __name__ == "__main__":
