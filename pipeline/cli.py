@@ -13,12 +13,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from pipeline.console import console, info
 from pipeline.errors import PipeError
+
+if TYPE_CHECKING:  # annotations only: the CLI imports these lazily, so `pipe --help` stays fast
+    from pipeline.config import Config
+    from pipeline.data.source import DataSource
 
 app = typer.Typer(
     name="pipe",
@@ -167,6 +171,15 @@ def _stage(cfg, stage: str, target: Path, inputs: list[Path], outputs: list[Path
             fresh.mark(time.perf_counter() - start)
 
 
+def data_source(cfg: Config) -> DataSource:
+    """The configuration's answer to "which data": the one place ``Config`` becomes the data layer's plain values."""
+    from pipeline.data.source import DataSource, SynthSpec
+
+    s = cfg.synth
+    return DataSource(cfg.category, cfg.data.root, cfg.data.synthetic_root, cfg.data.mask_threshold,
+                      SynthSpec(s.size, s.train_good, s.test_good, s.test_per_defect, s.seed))
+
+
 def _category_folder(cfg, fallback_synthetic: bool) -> Path:
     """The category folder a run will read (the synthetic stand-in's when the real one is absent and allowed)."""
     from pipeline.data.categories import resolve_root
@@ -207,8 +220,10 @@ def stats(
 
         from pipeline.data.source import open_category
         from pipeline.data.stats import card_markdown, dataset_card, write_card
+        from pipeline.device import environment
 
-        card = dataset_card(open_category(cfg, fallback_synthetic), cfg.classes)
+        card = dataset_card(open_category(data_source(cfg), fallback_synthetic), cfg.classes,
+                            environment=environment("cpu"))  # measured on the CPU; recorded like every output
         md_path = write_card(card, run.work)[1]
         if as_json:
             sys.stdout.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -239,17 +254,19 @@ def convert(
         if run:
             from pipeline.data.source import open_category  # OpenCV, NumPy: only once the stage runs
 
-            _convert(cfg, open_category(cfg, fallback_synthetic), run.work)
+            _convert(cfg, open_category(data_source(cfg), fallback_synthetic), run.work)
 
 
 def _convert(cfg, cat, target: Path) -> None:
     from pipeline.convert.instances import ConvertParams
     from pipeline.convert.run import run_convert
+    from pipeline.device import environment
 
     c = cfg.convert
     params = ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou, c.yolo_seg_min_iou)
+    # conversion runs on the CPU; environment("cpu") reads the versions without importing torch
     report = run_convert(cat, target, params, c.split.model_dump(), cfg.seed, c.add_train_good, c.link,
-                         c.workers, c.preview)
+                         c.workers, c.preview, environment=environment("cpu"))
     f = report["fidelity"]
     info(f"{f['instances']} instances in {sum(report['images_per_split'].values())} images "
          f"({report['images_per_split']}); COCO IoU min {f['coco_iou_min']}, YOLO-seg IoU min "

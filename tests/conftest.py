@@ -52,9 +52,11 @@ def converted_dataset(tiny_root, tmp_path_factory) -> Path:
     from pipeline.convert.instances import ConvertParams
     from pipeline.convert.run import run_convert
     from pipeline.data.layout import load_category
+    from pipeline.device import environment
 
     out = tmp_path_factory.mktemp("converted") / "bottle"
-    run_convert(load_category(tiny_root, "bottle"), out, ConvertParams(), {"train": 0.4, "val": 0.3, "test": 0.3}, seed=0)
+    run_convert(load_category(tiny_root, "bottle"), out, ConvertParams(), {"train": 0.4, "val": 0.3, "test": 0.3}, seed=0,
+                environment=environment("cpu"))  # as `pipe convert` records it
     return out
 
 

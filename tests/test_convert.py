@@ -20,6 +20,7 @@ from pipeline.convert.run import convert_all, run_convert
 from pipeline.convert.splits import load_splits, stratified_split
 from pipeline.convert.writers import link
 from pipeline.data.layout import load_category
+from pipeline.device import environment
 from pipeline.errors import DataError, PipeError
 from pipeline.io import read_json
 
@@ -31,7 +32,7 @@ DEFECTS = ("broken_large", "broken_small", "contamination")
 def converted(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("conv") / "bottle"
     cat = load_category(tiny_root, "bottle")
-    report = run_convert(cat, out, ConvertParams(), RATIOS, seed=0, preview=1)
+    report = run_convert(cat, out, ConvertParams(), RATIOS, seed=0, preview=1, environment=environment("cpu"))
     return cat, out, report
 
 
@@ -140,7 +141,8 @@ def test_report_and_previews(converted):
 def test_rerun_is_byte_identical(tiny_root, tmp_path, converted):
     _, out, _ = converted
     again = tmp_path / "bottle"
-    run_convert(load_category(tiny_root, "bottle"), again, ConvertParams(), RATIOS, seed=0, preview=1)
+    run_convert(load_category(tiny_root, "bottle"), again, ConvertParams(), RATIOS, seed=0, preview=1,
+                environment=environment("cpu"))
     for f in ["splits.json", "convert_report.json", "coco/annotations/instances_test.json"]:
         assert (again / f).read_bytes() == (out / f).read_bytes()
     for kind in ("yolo-det", "yolo-seg"):

@@ -11,6 +11,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.data.layout import load_category
 from pipeline.data.stats import dataset_card, write_card
+from pipeline.device import environment
 from pipeline.errors import PipeError
 from pipeline.io import read_json, write_json
 from pipeline.report import sections
@@ -28,7 +29,7 @@ def _first_line(out: Path) -> str:
 
 def _stats_and_convert(tiny_root: Path, converted_dataset: Path, kind: str) -> None:
     """The outputs of `pipe stats` and `pipe convert` where the report looks for them, recording data ``kind``."""
-    card = dataset_card(load_category(tiny_root, "bottle"))
+    card = dataset_card(load_category(tiny_root, "bottle"), environment=environment("cpu"))  # as `pipe stats` does
     card["data"]["kind"] = kind
     write_card(card, Path("runs/bottle/stats"))
     report = read_json(converted_dataset / "convert_report.json")

@@ -5,11 +5,12 @@ import pytest
 
 from pipeline.data.layout import load_category
 from pipeline.data.stats import card_markdown, dataset_card, write_card
+from pipeline.device import environment
 
 
 def test_card_counts_and_geometry(tiny_root, tmp_path):
     cat = load_category(tiny_root, "bottle")
-    card = dataset_card(cat, {"broken_large": ["large rim break"]})
+    card = dataset_card(cat, {"broken_large": ["large rim break"]}, environment=environment("cpu"))
     assert card["counts"] == {"train": {"good": 6},
                               "test": {"good": 2, "broken_large": 3, "broken_small": 3, "contamination": 3}}
     assert card["images"]["sizes"] == {"64x64": 17} and card["images"]["mode"] == "RGB"
@@ -40,16 +41,17 @@ def test_real_bottle_card(real_root):
 
 
 def test_fallback_to_synthetic_only_when_asked(tmp_path):
+    from pipeline.cli import data_source
     from pipeline.config import load_config
     from pipeline.data.source import open_category
     from pipeline.errors import DataError
 
-    cfg = load_config("bottle", profile="tiny", overrides=[f"data.root={tmp_path / 'none'}",
-                                                          f"data.synthetic_root={tmp_path / 'syn'}"])
+    source = data_source(load_config("bottle", profile="tiny", overrides=[f"data.root={tmp_path / 'none'}",
+                                                                      f"data.synthetic_root={tmp_path / 'syn'}"]))
     with pytest.raises(DataError, match="no such category folder"):
-        open_category(cfg)
-    cat = open_category(cfg, fallback_synthetic=True)
+        open_category(source)
+    cat = open_category(source, fallback_synthetic=True)
     assert cat.provenance["kind"] == "synthetic" and len(cat.samples) == 12 + 4 + 3 * 4
     stamp = (tmp_path / "syn/bottle/train/good/000.png").stat().st_mtime_ns
-    open_category(cfg, fallback_synthetic=True)  # same settings: reused, not regenerated
+    open_category(source, fallback_synthetic=True)  # same settings: reused, not regenerated
     assert (tmp_path / "syn/bottle/train/good/000.png").stat().st_mtime_ns == stamp

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
@@ -22,7 +22,6 @@ from pipeline.convert.splits import SPLITS, make_splits
 from pipeline.convert.writers import write_coco, write_yolo
 from pipeline.data.images import PackedMask
 from pipeline.data.layout import Category
-from pipeline.device import environment
 from pipeline.errors import PipeError
 from pipeline.io import atomic_dir, write_json
 from pipeline.outputs import check_output, die_with_parent, mark
@@ -86,8 +85,12 @@ def fidelity_summary(instances: dict[str, list[dict[str, Any]]], params: Convert
 
 def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[str, float], seed: int,
                 add_train_good: bool = False, link_mode: str = "hardlink", workers: int = 0,
-                preview: int = 0) -> dict[str, Any]:
-    """Convert ``cat`` into ``out`` (YOLO det/seg, COCO, splits.json, convert_report.json); return the report."""
+                preview: int = 0, environment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Convert ``cat`` into ``out`` (YOLO det/seg, COCO, splits.json, convert_report.json); return the report.
+
+    ``environment`` is the device-and-versions record for the report, measured by the caller (the stage
+    machinery), so conversion depends on no device code; None leaves it out.
+    """
     check_output(out, "convert", [("the source category", cat.root)])  # before any work
     t0 = time.perf_counter()
     splits = make_splits(cat, ratios, seed)
@@ -111,7 +114,7 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
                  for sp, rels in members.items()}
     report = {
         "category": cat.name,
-        "environment": environment("cpu"),  # conversion runs on the CPU (versions read without importing torch)
+        **({"environment": dict(environment)} if environment is not None else {}),
         "data": cat.provenance,
         "params": {**asdict(params), "ratios": dict(ratios), "seed": seed, "add_train_good": add_train_good,
                    "link": link_mode},

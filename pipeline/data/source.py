@@ -2,33 +2,56 @@
 
 This is the embedded default of ``just all``: on a fresh machine it still runs end to end, and says
 loudly that its numbers come from synthetic data.
+
+The data layer takes plain values (``DataSource``), not the pipeline's ``Config``: it sits below the
+configuration and the stages, so it imports neither and can be used (and tested) without them.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.config import Config
 from pipeline.console import loud
 from pipeline.data.layout import SYNTHETIC_MARKER, Category, load_category, resolve_root
 from pipeline.data.synth import GENERATOR_VERSION, synthesize
 from pipeline.io import read_json
 
 
-def open_category(cfg: Config, fallback_synthetic: bool = False) -> Category:
-    """Load the configured category; with ``fallback_synthetic``, generate and use the stand-in if it is absent."""
-    root = resolve_root(cfg.data.root)
-    if fallback_synthetic and not (root / cfg.category).is_dir():
-        synthetic_root = Path(cfg.data.synthetic_root)
-        marker = synthetic_root / cfg.category / SYNTHETIC_MARKER
-        s = cfg.synth
-        wanted = {"version": GENERATOR_VERSION, "size": s.size, "train_good": s.train_good,
-                  "test_good": s.test_good, "test_per_defect": s.test_per_defect, "seed": s.seed}
+@dataclass(frozen=True)
+class SynthSpec:
+    """What the synthetic stand-in is generated with; a stand-in made with other values is regenerated."""
+
+    size: int = 256
+    train_good: int = 40
+    test_good: int = 8
+    test_per_defect: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a category's images live and how to read them: everything ``open_category`` needs."""
+
+    category: str
+    root: str | Path | None  # MVTec AD root; None: $MVTEC_ROOT, else datasets/mvtec (``resolve_root``)
+    synthetic_root: str | Path
+    mask_threshold: int = 128
+    synth: SynthSpec = SynthSpec()
+
+
+def open_category(source: DataSource, fallback_synthetic: bool = False) -> Category:
+    """Load the category; with ``fallback_synthetic``, generate and use the stand-in if it is absent."""
+    root = resolve_root(source.root)
+    name = source.category
+    if fallback_synthetic and not (root / name).is_dir():
+        synthetic_root = Path(source.synthetic_root)
+        marker = synthetic_root / name / SYNTHETIC_MARKER
+        wanted = {"version": GENERATOR_VERSION, **asdict(source.synth)}
         current = read_json(marker) if marker.is_file() else {}
         if {k: current.get(k) for k in wanted} != wanted:
-            synthesize(cfg.category, synthetic_root, size=s.size, train_good=s.train_good, test_good=s.test_good,
-                       test_per_defect=s.test_per_defect, seed=s.seed)
-        loud(f"No MVTec AD data at {root / cfg.category}: using the SYNTHETIC stand-in at "
-             f"{synthetic_root / cfg.category}. Its numbers say nothing about real defects.")
+            synthesize(name, synthetic_root, **asdict(source.synth))
+        loud(f"No MVTec AD data at {root / name}: using the SYNTHETIC stand-in at "
+             f"{synthetic_root / name}. Its numbers say nothing about real defects.")
         root = synthetic_root
-    return load_category(root, cfg.category, cfg.data.mask_threshold)
+    return load_category(root, name, source.mask_threshold)

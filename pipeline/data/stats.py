@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,6 @@ import numpy as np
 from pipeline.console import track
 from pipeline.data.layout import Category
 from pipeline.data.masks import components
-from pipeline.device import environment
 from pipeline.io import write_json, write_text
 
 MODES = {1: "greyscale", 3: "RGB", 4: "RGBA"}
@@ -25,8 +25,13 @@ def _summary(values: list[float]) -> dict[str, float]:
             "max": float(a.max()), "sum": float(a.sum())}
 
 
-def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Counts, image geometry and mask statistics, as JSON-ready data."""
+def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None,
+                 environment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Counts, image geometry and mask statistics, as JSON-ready data.
+
+    ``environment`` is the device-and-versions record the caller (the stage machinery) measured; it is
+    passed in rather than read here so the data layer depends on nothing above it. None leaves it out.
+    """
     prompts = prompts or {}
     counts: dict[str, dict[str, int]] = {}
     for s in cat.samples:
@@ -61,7 +66,7 @@ def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None) -> 
 
     return {
         "category": spec.name,
-        "environment": environment("cpu"),  # measured on the CPU (no torch needed); recorded like every output
+        **({"environment": dict(environment)} if environment is not None else {}),
         "kind": spec.kind,
         "data": cat.provenance,
         "classes": [{"name": c, "display": (prompts.get(c) or [c.replace("_", " ")])[0], "prompts": prompts.get(c, [])}

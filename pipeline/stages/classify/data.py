@@ -30,7 +30,13 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as every t
 
 
 @dataclass(frozen=True)
-class Sample:
+class Example:
+    """One labelled training example: an image and its class index in the classifier's class list.
+
+    Not the data layer's ``Sample`` (an MVTec file with its split, label name and mask): the index depends
+    on which classes this run learns, and the image may sit under a root the converter recorded.
+    """
+
     rel: str  # id relative to the category root, e.g. test/broken_large/000.png
     path: Path
     label: int
@@ -39,12 +45,12 @@ class Sample:
 @dataclass(frozen=True)
 class Labelled:
     classes: list[str]
-    splits: dict[str, list[Sample]]  # train / val / test of splits.json (train without train/good)
-    train_good: list[Sample]
+    splits: dict[str, list[Example]]  # train / val / test of splits.json (train without train/good)
+    train_good: list[Example]
     provenance: str  # real | synthetic
 
     @property
-    def pool(self) -> list[Sample]:
+    def pool(self) -> list[Example]:
         """Every labelled image: what K-fold cross-validation partitions."""
         return sorted((s for split in self.splits.values() for s in split), key=lambda s: s.rel)
 
@@ -61,8 +67,8 @@ def load_labelled(dataset_dir: Path, classes: Sequence[str] | None = None) -> La
     names = list(classes) if classes else list(splits["classes"])
     index = {c: i for i, c in enumerate(names)}
 
-    def samples(rels: Sequence[str], label_of) -> list[Sample]:
-        return [Sample(r, root / r, index[label_of(r)]) for r in rels if label_of(r) in index]
+    def samples(rels: Sequence[str], label_of) -> list[Example]:
+        return [Example(r, root / r, index[label_of(r)]) for r in rels if label_of(r) in index]
 
     labels = splits["labels"]
     return Labelled(names, {s: samples(splits["splits"][s], labels.__getitem__) for s in ("train", "val", "test")},
@@ -110,7 +116,7 @@ def transform(kind: str, size: int) -> v2.Transform:
 
 
 class Images(Dataset):
-    def __init__(self, samples: Sequence[Sample], cache: ImageCache, size: int, kind: str) -> None:
+    def __init__(self, samples: Sequence[Example], cache: ImageCache, size: int, kind: str) -> None:
         self.samples, self.cache, self.size, self.tf = list(samples), cache, size, transform(kind, size)
 
     def __len__(self) -> int:
@@ -142,9 +148,9 @@ def train_collate(mixup: float, classes: int) -> Callable[[list[Any]], Any] | No
 @dataclass(frozen=True)
 class Fold:
     name: str  # "split" (the shared splits.json) or "fold-<i>"
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample]
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
 
 
 def shared_split(data: Labelled, add_train_good: bool) -> Fold:

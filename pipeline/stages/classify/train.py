@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from pipeline.console import log_only, progress
 from pipeline.metrics.classification import classification_metrics
 from pipeline.stages.classify.attempts import Attempt
-from pipeline.stages.classify.data import Fold, ImageCache, Images, Sample, train_collate
+from pipeline.stages.classify.data import Example, Fold, ImageCache, Images, train_collate
 from pipeline.stages.classify.losses import build_loss, soft_targets
 from pipeline.stages.classify.models import Classifier
 from pipeline.training import distributed
@@ -66,7 +66,7 @@ def _inputs(x: torch.Tensor, o: Options) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: Classifier, samples: list[Sample], cache: ImageCache, size: int, o: Options,
+def predict(model: Classifier, samples: list[Example], cache: ImageCache, size: int, o: Options,
             batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Mean-of-members probabilities (N, C) and the labels, without augmentation."""
     model.eval()
