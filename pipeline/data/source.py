@@ -20,13 +20,14 @@ from pipeline.io import read_json
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """What the synthetic stand-in is generated with; a stand-in made with other values is regenerated."""
+    """What the synthetic stand-in is generated with; a stand-in made with other values is regenerated.
+    (No defaults here: they live in configs/default.yaml, the one defaults file.)"""
 
-    size: int = 256
-    train_good: int = 40
-    test_good: int = 8
-    test_per_defect: int = 8
-    seed: int = 0
+    size: int
+    train_good: int
+    test_good: int
+    test_per_defect: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class DataSource:
     category: str
     root: str | Path | None  # MVTec AD root; None: $MVTEC_ROOT, else datasets/mvtec (``resolve_root``)
     synthetic_root: str | Path
-    mask_threshold: int = 128
-    synth: SynthSpec = SynthSpec()
+    mask_threshold: int
+    synth: SynthSpec
 
 
 def open_category(source: DataSource, fallback_synthetic: bool = False) -> Category:
