@@ -133,10 +133,11 @@ def _stage(cfg, stage: str, target: Path, inputs: list[Path], outputs: list[Path
     from pipeline.config import dump
     from pipeline.console import logged
     from pipeline.io import clean_leftovers
-    from pipeline.outputs import check_output, claim, empty, locked, staging, swap_in
+    from pipeline.outputs import check_output, claim, empty, locked, owner, staging, swap_in
     from pipeline.uptodate import Freshness, unmark
 
-    main = int(os.environ.get("RANK", "0")) == 0
+    rank = int(os.environ.get("RANK", "0"))
+    main = rank == 0
     check_output(target, stage, protected or [], accepts)  # before the lock creates anything beside it
     workspace = Path(cfg.paths.runs) / cfg.category  # logs go here; the report writes beside the stage folders
     if main and (not workspace.exists() or empty(workspace)):
@@ -155,13 +156,15 @@ def _stage(cfg, stage: str, target: Path, inputs: list[Path], outputs: list[Path
         if main and staged:
             if resume and not work.is_dir():
                 info(f"{work}: no interrupted run to resume; starting afresh")
-            if not resume:
-                shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True, exist_ok=True)
+            if not resume and work.exists():
+                if owner(work) != stage:  # a folder of that name pipe did not make is never removed
+                    raise PipeError(f"{work}: pipe keeps an unfinished `{stage}` run here, but this folder was not "
+                                    f"made by it; move it away and run again")
+                shutil.rmtree(work)
+            claim(work, stage)
         elif main and writes == "in_place":
             unmark(target)
         logs = workspace / "logs"
-        rank = int(os.environ.get("RANK", "0"))
         start = time.perf_counter()
         with logged(logs / (f"{stage}.log" if main else f"{stage}.rank{rank}.log"), stage):
             yield StageRun(target, work)

@@ -38,6 +38,7 @@ _ADVICE = {
     errno.ENAMETOOLONG: "use a shorter path",
     errno.EMFILE: "too many open files: raise the limit (`ulimit -n`) and run again",
     errno.EIO: "the disk reported an I/O error: check it",
+    errno.EEXIST: "move it away and run again",
 }
 
 

@@ -6,6 +6,7 @@ Every stage writes through these helpers: a later stage may then trust that what
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -81,39 +82,52 @@ def _alive(pid: int) -> bool:
     return True
 
 
+OLD_SENTINEL = ".pipe-old"  # inside a ``.<name>.old`` that pipe's own swap moved aside (and no other)
+
+
+def _old(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
 def clean_leftovers(target: Path) -> None:
     """Remove what interrupted writes of ``target`` left beside it; finish an interrupted swap.
 
-    Temporary folders are named ``.<name>.<pid>.partial``: one whose process is gone is removed (a live one
-    belongs to a concurrent writer and is left alone). ``.<name>.old`` is the previous version during a
-    swap: restored if the new one never arrived, else removed.
+    Only pipe's own leftovers are touched: temporary folders named ``.<name>.<pid>.partial`` whose process is
+    gone (a live one belongs to a concurrent writer), and a ``.<name>.old`` holding the sentinel a swap puts
+    in it (restored if the new version never arrived, else removed). A user's folder of a similar name stays.
     """
     target = Path(target)
     if not target.parent.is_dir():
         return
     for path in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
         pid = path.name[len(target.name) + 2:-len(".partial")]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-    old = target.with_name(f".{target.name}.old")
-    if old.is_dir():
+    old = _old(target)
+    if (old / OLD_SENTINEL).is_file():
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, target)
+            (target / OLD_SENTINEL).unlink()
 
 
 def replace_dir(src: Path, target: Path) -> Path:
     """Put the complete folder ``src`` at ``target``; an existing ``target`` is removed only after the rename."""
     src, target = Path(src), Path(target)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
+    if not target.exists():
         os.replace(src, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, target)
+        return target
+    old = _old(target)
+    if old.exists():
+        if not (old / OLD_SENTINEL).is_file():  # not a leftover of ours: never removed
+            raise OSError(errno.EEXIST, "a folder pipe did not make stands where it moves the previous version "
+                          "during a swap", str(old))
+        shutil.rmtree(old)
+    os.replace(target, old)
+    (old / OLD_SENTINEL).touch()  # marks it as ours for clean_leftovers, should the next rename never happen
+    os.replace(src, target)
+    shutil.rmtree(old, ignore_errors=True)
     return target
 
 

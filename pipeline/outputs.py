@@ -50,15 +50,9 @@ def mark(folder: Path, command: str) -> Path:
     return write_json(Path(folder) / MARKER, {"command": command, "made_by": "pipe"})
 
 
-def _own(name: str) -> bool:
-    """pipe's own bookkeeping entries: markers, stamps, locks, temporary and staging folders."""
-    return name in (MARKER, LEGACY_STAMP) or (name.startswith(".") and name.endswith(
-        (".lock", ".partial", ".old", ".run", ".tmp")))
-
-
 def empty(folder: Path) -> bool:
-    """Nothing in ``folder`` but pipe's own bookkeeping."""
-    return all(_own(p.name) for p in Path(folder).iterdir())
+    """Nothing in ``folder`` but pipe's marker or stamp (anything else, dotfiles included, may be the user's)."""
+    return all(p.name in (MARKER, LEGACY_STAMP) for p in Path(folder).iterdir())
 
 
 def _overlap(a: Path, b: Path) -> str | None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import describe_os_error
+from pipeline.errors import PipeError, describe_os_error
+from pipeline.io import OLD_SENTINEL
 from pipeline.outputs import MARKER, locked, owner
 
 
@@ -186,12 +187,37 @@ def test_leftovers_of_killed_runs_are_removed_or_restored(tiny_copy, tmp_path, c
     (dead / "yolo-det").mkdir(parents=True)
     old = tmp_path / ".ds.old"
     old.mkdir()
+    (old / OLD_SENTINEL).touch()  # what pipe's swap puts in the previous version it moves aside
     assert convert(capsys, tiny_copy, "--out", str(out), "--force")[0] == 0
     assert not dead.exists() and not old.exists()
     # a kill between the two renames of a swap: the previous version comes back
     os.replace(out, old)
+    (old / OLD_SENTINEL).touch()
     assert convert(capsys, tiny_copy, "--out", str(out))[0] == 0
     assert out.is_dir() and not old.exists() and (out / "splits.json").is_file()
+    assert not (out / OLD_SENTINEL).exists()
+
+
+def test_user_folders_named_like_leftovers_are_never_removed(tiny_copy, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert convert(capsys, tiny_copy, "--out", str(out))[0] == 0
+    mine = {tmp_path / ".ds.old": "my backup", tmp_path / ".ds.backup.partial": "my draft"}
+    for folder, text in mine.items():
+        folder.mkdir()
+        (folder / "notes.txt").write_text(text)
+    code, err = convert(capsys, tiny_copy, "--out", str(out), "--force")
+    assert code == 2 and ".ds.old" in one_line_error(err) and "move it away" in err
+    assert all((f / "notes.txt").read_text() == t for f, t in mine.items())
+    assert (out / "splits.json").is_file()  # the previous output is still in place
+
+
+def test_a_folder_holding_only_dotfiles_is_not_taken_for_empty(tmp_path, tiny_copy, capsys):
+    user = tmp_path / "results"
+    user.mkdir()
+    (user / ".notes.old").write_text("mine")
+    code, err = convert(capsys, tiny_copy, "--out", str(user))
+    assert code == 2 and "not made by pipe" in one_line_error(err)
+    assert (user / ".notes.old").read_text() == "mine"
 
 
 def test_converted_folders_get_the_users_normal_permissions(tiny_copy, tmp_path, capsys):
@@ -284,6 +310,15 @@ def test_staged_stage_keeps_previous_result_until_complete_and_resumes_in_place(
 
     run(resumed, force=True, resume=True)  # as the CLI passes --resume
     assert seen["partial"] == "epoch 1 of 2" and (target / "partial.txt").exists()
+
+    # a folder of the staging folder's name that pipe did not make is never removed, resumed into or not
+    users = target.with_name(".toy.run")
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(PipeError, match=r"\.toy\.run: .*not made by"):
+            run(complete, force=True, resume=resume)
+        assert (users / "notes.txt").read_text() == "mine"
 
 
 # --- 6. the up-to-date check looks at every output ---------------------------------------------------------------
