@@ -5,8 +5,8 @@ device it resolved to, and its inputs (small files by content; folders and large
 and modification time, which is what changes when data is replaced). After a successful run the key and
 the same digest of every output (each converted format, annotation file, weights, metrics) are written
 beside the outputs (``.pipe-stamp.json``); the next run is skipped only when the key matches and every
-output is present and unchanged, so a deleted or edited output re-runs its stage. ``--force`` (or ``PIPE_FORCE=1``) ignores the stamp; a failed or interrupted run
-writes none.
+output is present and unchanged, so a deleted or edited output re-runs its stage. ``--force`` (or
+``PIPE_FORCE=1``) ignores the stamp; a failed or interrupted run writes none.
 """
 
 from __future__ import annotations

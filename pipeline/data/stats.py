@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.console import track
 from pipeline.data.layout import Category
-from pipeline.data.masks import components
+from pipeline.data.masks import split_instances
 from pipeline.io import write_json, write_text
 
 MODES = {1: "greyscale", 3: "RGB", 4: "RGBA"}
@@ -50,7 +50,7 @@ def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None,
     masked = [s for s in cat.samples if s.mask is not None]
     for s in track(masked, f"measuring {len(masked)} masks"):
         mask = cat.read_mask(s)
-        _, comps = components(mask)
+        comps = split_instances(mask)  # only the instances: no label map
         acc = per_class.setdefault(s.label, {"area_px": [], "area_frac": [], "components": [], "component_area_px": []})
         area = int(mask.sum())
         acc["area_px"].append(area)

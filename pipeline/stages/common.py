@@ -94,19 +94,19 @@ def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
     return {**config, head: _without(dict(config[head]), rest)} if isinstance(config[head], Mapping) else config
 
 
-def guard_resume(stage: str, cfg: Config, out: Path, d: distributed.Dist, resume: bool, data: Mapping[str, Any],
+def guard_resume(stage: str, cfg: Config, out: Path, main: bool, resume: bool, data: Mapping[str, Any],
                  extra: Mapping[str, Any] | None = None, ignore: Sequence[str] = ()) -> None:
     """Before a training stage touches ``out``: record what it trains with, or on ``--resume`` refuse (one line
     naming the differing keys) to continue a run that was trained with other settings or data.
 
     The stage's config sections (``uptodate.SECTIONS``) less ``ignore`` (dotted keys that only say where
     things are kept), plus ``extra`` (what the config names but does not contain, e.g. recipe files), are
-    compared. Rank 0 writes the record; under DDP the other ranks check a resumed run's record too, so every
-    process stops, not only the one that writes.
+    compared. The ``main`` process (rank 0) writes the record; under DDP the other ranks check a resumed run's
+    record too, so every process stops, not only the one that writes.
     """
     config = trained_with(dump(cfg), SECTIONS[stage])
     for key in ignore:
         config = _without(config, key)
     config.update(extra or {})
-    if d.main or (resume and (Path(out) / RECORD).is_file()):
+    if main or (resume and (Path(out) / RECORD).is_file()):
         guard(Path(out), config, data, resume)

@@ -113,7 +113,7 @@ def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False
     runner = Runner(cfg, data, out, o, d, resume)
     weights = runner.resolve(attempts)
     # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
-    guard_resume("classify", cfg, out, d, resume, {
+    guard_resume("classify", cfg, out, d.main, resume, {
         **training_data(dataset_dir, ["splits.json"],
                         ((s.rel, file_digest(s.path)) for s in [*data.pool, *data.train_good])),
         "weights": {b: w.sha256 or "random-init" for b, w in sorted(weights.items())}},

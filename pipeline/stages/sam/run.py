@@ -59,7 +59,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         predictor = Predictor(sam, s.amp)
         cache = EmbeddingCache(cache_dir(cfg), source.key, s.cache)
     # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
-    guard_resume("sam", cfg, out, d, resume, {
+    guard_resume("sam", cfg, out, d.main, resume, {
         **training_data(dataset_dir, ["splits.json", *(f"coco/annotations/instances_{x}.json" for x in items)],
                         ((f"{x}/{it.name}", it.digest) for x, (its, _) in items.items() for it in its)),
         "weights": source.key}, ignore=["sam.cache_dir"])

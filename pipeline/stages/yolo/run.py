@@ -13,7 +13,6 @@ same weights and numbers as an uninterrupted run (see ``checkpoint`` for the con
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,21 +20,19 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Config, dump
+from pipeline.config import Config
 from pipeline.console import info, loud
 from pipeline.data.categories import get_category
 from pipeline.device import select_device
 from pipeline.errors import DataError, PipeError
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.stages.common import Phases, require, stage_record
+from pipeline.stages.common import Phases, guard_resume, require, stage_record, training_data
 from pipeline.stages.yolo import checkpoint as ck, evaluate, model as world
 from pipeline.stages.yolo.data import DetData, prepare
 from pipeline.stages.yolo.prompts import TextEmbeddings, class_prompts, load_text_embeddings
 from pipeline.stages.yolo.trainer import PromptWorldTrainer, set_prompts
-from pipeline.training.resume import guard, trained_with
 from pipeline.training.state import save
-from pipeline.uptodate import SECTIONS
 from pipeline.weights import Resolved, resolve
 
 
@@ -91,13 +88,11 @@ def data_identity(dataset_dir: Path, weights: Resolved, embeddings: TextEmbeddin
     size; not the ``labels/*.cache`` ultralytics writes beside them), the starting weights and the text
     embeddings. A resume under other ones is refused."""
     det = Path(dataset_dir) / "yolo-det"
-    fix = f"run `pipe convert {Path(dataset_dir).name}` first"
-    h = hashlib.sha256(require(det / "data.yaml", "converted YOLO dataset", fix).read_bytes())
-    for f in sorted([*(det / "labels").rglob("*.txt"), *(p for p in (det / "images").rglob("*") if p.is_file())]):
-        h.update(f"{f.relative_to(det)}\0".encode())
-        h.update(f.read_bytes() if f.suffix == ".txt" else str(f.stat().st_size).encode())
-    return {"splits_sha256": hashlib.sha256((Path(dataset_dir) / "splits.json").read_bytes()).hexdigest(),
-            "yolo_det_sha256": h.hexdigest(), "weights": {"source": weights.source, "sha256": weights.sha256},
+    require(det / "data.yaml", "converted YOLO dataset", f"run `pipe convert {Path(dataset_dir).name}` first")
+    files = [*(det / "labels").rglob("*.txt"), *(p for p in (det / "images").rglob("*") if p.is_file())]
+    boxes = ((str(f.relative_to(det)), file_digest(f) if f.suffix == ".txt" else str(f.stat().st_size)) for f in files)
+    return {**training_data(dataset_dir, ["splits.json", "yolo-det/data.yaml"], boxes),
+            "weights": {"source": weights.source, "sha256": weights.sha256},
             "text_embeddings": {"source": embeddings.source, "sha256": embeddings.sha256}}
 
 
@@ -182,7 +177,7 @@ def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = 
             info(f"nothing to resume in {train_dir}; starting afresh")
             resume = False
         # before anything in out changes: a resume under other settings or data is refused with their names
-        guard(out, trained_with(dump(cfg), SECTIONS["yolo"]), data_identity(dataset_dir, weights, embeddings), resume)
+        guard_resume("yolo", cfg, out, True, resume, data_identity(dataset_dir, weights, embeddings))
         det = prepare(dataset_dir, out, prompts, embeddings)
         feats = embeddings.classes(prompts)
     if not resume:
