@@ -4,8 +4,9 @@ Order: ``weights/<file>`` first, then the official download (verified against th
 then either a one-line error with the manual fix or, only when the user allowed it, a random
 initialisation. A file is used only once it is a PyTorch archive its family's loader can read (checked
 cheaply, also where no checksum is published) and matches the checksum; a stamp beside it records both
-checks so that the next run need not repeat them. Whatever happened is returned as a ``Resolved`` whose ``provenance`` every dependent
-output records, so a number from an untrained model can never pass for a pretrained one.
+checks so that the next run need not repeat them. Whatever happened is returned as a ``Resolved`` whose
+``provenance`` every dependent output records, so a number from an untrained model can never pass for a
+pretrained one.
 """
 
 from __future__ import annotations
