@@ -10,9 +10,9 @@ profile := env_var_or_default("PROFILE", "auto")
 default:
     @just --list
 
-# the whole pipeline on real data if present (data root or $MVTEC_ROOT), else on the synthetic stand-in;
-# up-to-date steps are skipped (PIPE_FORCE=1 just all redoes everything); logs in runs/<category>/logs/
-all: stats convert finetune-yolo finetune-sam classify report
+# every stage in one process (pipe all): real data if present, else the synthetic stand-in; up-to-date stages skipped (PIPE_FORCE=1 redoes them)
+all *ARGS:
+    pipe all {{category}} --fallback-synthetic --profile {{profile}} --set convert.preview=2 {{ARGS}}
 
 # dataset card (falls back to the synthetic stand-in when no real data is present)
 stats *ARGS:
@@ -20,7 +20,7 @@ stats *ARGS:
 
 # masks to YOLO boxes/polygons and COCO instances under datasets/<category>/, with splits.json
 convert *ARGS:
-    pipe convert {{category}} --fallback-synthetic --preview 2 --profile {{profile}} {{ARGS}}
+    pipe convert {{category}} --fallback-synthetic --profile {{profile}} --set convert.preview=2 {{ARGS}}
 
 # YOLO-World: zero-shot baseline, fine-tune, test mAP (runs/<category>/yolo/)
 finetune-yolo *ARGS:

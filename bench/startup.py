@@ -10,9 +10,9 @@ counts and the fastest is shown beside it. Ratios are of medians from the same r
   formats, fidelity check, everything written;
 - ultralytics: a process calling ``convert_segment_masks_to_yolo_seg`` on the same masks (class-indexed
   copies prepared beforehand, untimed), which writes YOLO-seg polygons only and checks nothing;
-- just all, up to date: the six ``pipe`` commands of the Justfile's ``all`` recipe (read from the
-  Justfile), one process each as ``just`` runs them, after one full run on --profile (default tiny) with
-  the synthetic stand-in; each must report that it skipped;
+- just all, up to date: what the Justfile's ``all`` recipe runs (read from the Justfile: ``pipe all``,
+  every stage in one process), after one full run on --profile (default tiny) with the synthetic
+  stand-in; it must report that it skipped;
 - ``python -c "import torch"``: what every step used to pay before deciding to skip;
 - ``pipe --help``.
 Without --root (or $MVTEC_ROOT) the conversion rows use a synthetic category of MVTec's size. Prints a
@@ -49,20 +49,23 @@ ULTRALYTICS = ("import logging, sys; logging.getLogger('ultralytics').setLevel(l
 
 
 def all_steps(justfile: Path, category: str, profile: str) -> list[list[str]]:
-    """The command line of each recipe ``all`` depends on, in order, with the Justfile's variables filled in
-    (``{{ARGS}}`` empty): the bench times what ``just all`` runs, not a copy that could drift from it."""
+    """The ``pipe`` command lines ``just all`` runs, with the Justfile's variables filled in (``{{ARGS}}``
+    empty): its own body (``pipe all``, one process), else the recipes it depends on, one process each. The
+    bench times what ``just all`` runs, not a copy that could drift from it."""
     text = justfile.read_text(encoding="utf-8")
-    deps = re.search(r"^all:([^\n]*)$", text, re.M)
-    if deps is None:
+    recipe = re.search(r"^all\b[^\n:]*:([^\n]*)\n((?:[ \t]+[^\n]*\n?)*)", text, re.M)
+    if recipe is None:
         raise SystemExit(f"{justfile}: no `all:` recipe")
-    steps = []
-    for recipe in deps.group(1).split():
-        body = re.search(rf"^{re.escape(recipe)}\b[^\n]*:\n\s+(pipe [^\n]+)$", text, re.M)
+    lines = [ln.strip() for ln in recipe.group(2).splitlines() if ln.strip().startswith("pipe ")]
+    for dep in recipe.group(1).split():
+        body = re.search(rf"^{re.escape(dep)}\b[^\n]*:\n\s+(pipe [^\n]+)$", text, re.M)
         if body is None:
-            raise SystemExit(f"{justfile}: recipe {recipe!r} has no `pipe ...` line")
-        line = body.group(1).replace("{{category}}", category).replace("{{profile}}", profile)
-        steps.append(PIPE + shlex.split(line.replace("{{ARGS}}", ""))[1:])
-    return steps
+            raise SystemExit(f"{justfile}: recipe {dep!r} has no `pipe ...` line")
+        lines.append(body.group(1))
+    if not lines:
+        raise SystemExit(f"{justfile}: `all` runs no `pipe` command")
+    return [PIPE + shlex.split(ln.replace("{{category}}", category).replace("{{profile}}", profile)
+                               .replace("{{ARGS}}", ""))[1:] for ln in lines]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], expect: str | None = None) -> float:
@@ -104,7 +107,7 @@ def main() -> None:
         steps_dir.mkdir()
         steps_env = {**env, "MVTEC_ROOT": str(steps_dir / "no-data")}
         steps = all_steps(REPO / "Justfile", args.category, args.profile)
-        print(f"full run of the {len(steps)} `just all` steps on --profile {args.profile} (untimed)...", flush=True)
+        print(f"full run of `just all` ({len(steps)} process(es)) on --profile {args.profile} (untimed)...", flush=True)
         for cmd in steps:
             run(cmd, steps_dir, steps_env)
 

@@ -5,3 +5,7 @@ converters, the training stages and the report. ``config``, ``weights`` and ``de
 """
 
 __version__ = "0.1.0"
+
+# Modules log through ``logging.getLogger(__name__)``; the ``pipeline`` logger prints them on the console
+# from the first import on, whether or not the CLI runs (see ``pipeline.console``).
+from pipeline import console as _console  # noqa: F401

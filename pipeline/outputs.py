@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pipeline.errors import PipeError
 from pipeline.io import read_json, replace_dir, write_json
+from pipeline.workspace import MARKER, STAMP, lock_file, marker_file, staging_folder
 
-MARKER = ".pipe-output.json"
-LEGACY_STAMP = ".pipe-stamp.json"  # folders written before markers existed carry their stage's stamp
+LEGACY_STAMP = STAMP  # folders written before markers existed carry their stage's stamp
 TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".txt", ".csv", ".html")
 
 
@@ -47,7 +47,7 @@ def owner(folder: Path) -> str | None:
 
 def mark(folder: Path, command: str) -> Path:
     """Write the marker that lets a later run of ``command`` replace this folder."""
-    return write_json(Path(folder) / MARKER, {"command": command, "made_by": "pipe"})
+    return write_json(marker_file(folder), {"command": command, "made_by": "pipe"})
 
 
 def empty(folder: Path) -> bool:
@@ -103,11 +103,6 @@ def claim(folder: Path, command: str, protected: Iterable[tuple[str, Path]] = ()
     return folder
 
 
-def _lock_path(folder: Path) -> Path:
-    folder = Path(folder).absolute()
-    return folder.with_name(f".{folder.name}.lock")
-
-
 @contextlib.contextmanager
 def locked(folder: Path, command: str) -> Iterator[None]:
     """Hold an advisory lock on ``folder`` for the duration; refuse with one line if another run holds it.
@@ -115,7 +110,7 @@ def locked(folder: Path, command: str) -> Iterator[None]:
     The lock is ``flock`` on a file beside the folder: the kernel drops it when the holder dies, so a
     killed run never leaves a stale lock behind.
     """
-    path = _lock_path(folder)
+    path = lock_file(Path(folder).absolute())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -136,8 +131,7 @@ def locked(folder: Path, command: str) -> Iterator[None]:
 
 def staging(folder: Path) -> Path:
     """Where a training stage works until its result is complete (fixed, so ``--resume`` finds it)."""
-    folder = Path(folder)
-    return folder.with_name(f".{folder.name}.run")
+    return staging_folder(folder)
 
 
 def relocate(work: Path, final: Path) -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.io import read_json, write_json
+from pipeline.workspace import stamp_file
 
-STAMP = ".pipe-stamp.json"
 CONTENT_LIMIT = 8 << 20  # files up to 8 MiB are hashed by content
 # Left out of folder digests: caches a reader adds beside a dataset (ultralytics' labels/*.cache) and
 # pipe's own dotfiles (stamps, markers).
@@ -69,7 +69,7 @@ def _digest(key: dict[str, Any]) -> str:
 
 def is_current(folder: Path, key: dict[str, Any], outputs: Iterable[Path]) -> bool:
     """The stamp matches ``key`` and every output is present and as the run left it."""
-    stamp = Path(folder) / STAMP
+    stamp = stamp_file(folder)
     outputs = list(outputs)
     if not stamp.is_file() or not all(Path(o).exists() for o in outputs):
         return False
@@ -81,18 +81,18 @@ def is_current(folder: Path, key: dict[str, Any], outputs: Iterable[Path]) -> bo
 
 
 def mark(folder: Path, key: dict[str, Any], outputs: Iterable[Path] = (), wall_s: float | None = None) -> Path:
-    return write_json(Path(folder) / STAMP, {"digest": _digest(key), "key": key, "outputs": inputs_digest(outputs),
+    return write_json(stamp_file(folder), {"digest": _digest(key), "key": key, "outputs": inputs_digest(outputs),
                                              "wall_s": wall_s})
 
 
 def unmark(folder: Path) -> None:
     """Drop the stamp before a run that rewrites outputs in place, so an interrupted one is never 'current'."""
-    (Path(folder) / STAMP).unlink(missing_ok=True)
+    stamp_file(folder).unlink(missing_ok=True)
 
 
 def wall_time(folder: Path) -> float | None:
     """The wall time of the run that produced ``folder``'s outputs (what the report lists per stage)."""
-    stamp = Path(folder) / STAMP
+    stamp = stamp_file(folder)
     return read_json(stamp).get("wall_s") if stamp.is_file() else None
 
 
@@ -100,23 +100,17 @@ def forced(flag: bool) -> bool:
     return flag or os.environ.get("PIPE_FORCE", "").lower() in ("1", "true", "yes")
 
 
-SECTIONS = {  # the config each stage reads; a change anywhere else does not make it stale
-    "stats": ("data", "synth", "classes"),
-    "convert": ("seed", "data", "synth", "convert"),
-    "yolo": ("seed", "allow_random_init", "classes", "paths", "yolo"),
-    "sam": ("seed", "allow_random_init", "paths", "sam"),
-    "classify": ("seed", "allow_random_init", "paths", "classify"),
-    "report": ("paths",),
-}
-
-
 class Freshness:
     """``skip()`` before a stage, ``mark()`` after it: the stamp lives in the stage's output folder."""
 
     def __init__(self, stage: str, config: dict[str, Any], device: str, folder: Path, inputs: Iterable[Path],
-                 outputs: Iterable[Path], force: bool = False) -> None:
+                 outputs: Iterable[Path], force: bool = False, sections: Iterable[str] | None = None) -> None:
+        """``sections``: the config the stage reads (default: its registry entry); a change anywhere else keeps
+        it current."""
+        from pipeline.registry import sections as declared
+
         self.stage, self.device, self.folder = stage, device, Path(folder)
-        self.config = {k: config[k] for k in SECTIONS[stage] if k in config}
+        self.config = {k: config[k] for k in (declared(stage) if sections is None else sections) if k in config}
         self.inputs, self.outputs, self.force = list(inputs), list(outputs), forced(force)
 
     def skip(self) -> bool:

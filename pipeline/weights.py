@@ -11,15 +11,18 @@ pretrained one.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.console import loud
+from pipeline.console import LOUD
 from pipeline.errors import WeightsError
 from pipeline.fetch import FetchError, fetch, file_digest, verify
 from pipeline.io import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 _YOLO = "https://github.com/ultralytics/assets/releases/download/v8.3.0/{}.pt"
 _SAM = "https://dl.fbaipublicfiles.com/segment_anything/{}"
@@ -235,9 +238,9 @@ def resolve(name: str, weights_dir: str | Path = "weights", allow_random_init: b
         except FetchError as exc:
             reason = str(exc)
     if allow_random_init:
-        loud(f"{spec.name}: no pretrained weights ({reason}); using RANDOM INITIALISATION. Every number that "
-             f"depends on this model measures an untrained network. Place {spec.filename} in {weights_dir}/ "
-             f"to use the pretrained one.")
+        log.warning(f"{spec.name}: no pretrained weights ({reason}); using RANDOM INITIALISATION. Every number "
+                    f"that depends on this model measures an untrained network. Place {spec.filename} in "
+                    f"{weights_dir}/ to use the pretrained one.", extra=LOUD)
         return Resolved(spec, None, "random-init", None)
     raise WeightsError(
         f"{path}: weights for {spec.name} not found and not downloadable ({reason}); download {spec.url} into "

@@ -68,3 +68,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def said():
+    """``said("pipeline.stages.yolo.run")``: the messages that logger emits during the test, as a list."""
+    import logging
+
+    attached: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def listen(name: str) -> list[str]:
+        messages: list[str] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                messages.append(record.getMessage())
+
+        logger = logging.getLogger(name)
+        handler = Collect(logging.DEBUG)
+        logger.addHandler(handler)
+        attached.append((logger, handler))
+        return messages
+
+    yield listen
+    for logger, handler in attached:
+        logger.removeHandler(handler)

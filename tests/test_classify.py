@@ -63,7 +63,8 @@ def test_each_attempt_trains_and_evaluates_end_to_end(cls_dataset, tmp_path, att
     assert 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1
     assert m["images"]["train"] == 8 + 6  # the split's labelled train images plus MVTec train/good
     assert all(w["source"] == "random-init" and not w["pretrained"] for w in entry["weights"])
-    assert any("random initialisation" in c for c in m["caveats"]) and any("synthetic" in c for c in m["caveats"])
+    assert any("randomly initialised" in c for c in m["caveats"]) and any("synthetic" in c for c in m["caveats"])
+    assert m["caveats"] == m["provenance"]["caveats"] and m["provenance"]["meaningful"] is False  # the shared block's
     # the saved weights are the selected epoch's: reloaded, they give the recorded test predictions
     saved = torch.load(entry["best_weights"]["file"], weights_only=False)
     a = load_attempt(attempt, cfg.classify)

@@ -14,6 +14,7 @@ from pipeline.data.stats import dataset_card, write_card
 from pipeline.device import environment
 from pipeline.errors import PipeError
 from pipeline.io import read_json, write_json
+from pipeline.provenance import provenance
 from pipeline.report import sections
 from pipeline.report.build import build_report, data_kinds
 from pipeline.report.document import Document
@@ -30,10 +31,10 @@ def _first_line(out: Path) -> str:
 def _stats_and_convert(tiny_root: Path, converted_dataset: Path, kind: str) -> None:
     """The outputs of `pipe stats` and `pipe convert` where the report looks for them, recording data ``kind``."""
     card = dataset_card(load_category(tiny_root, "bottle"), environment=environment("cpu"))  # as `pipe stats` does
-    card["data"]["kind"] = kind
+    card["data"]["kind"], card["provenance"] = kind, provenance(kind)
     write_card(card, Path("runs/bottle/stats"))
     report = read_json(converted_dataset / "convert_report.json")
-    report["data"]["kind"] = kind
+    report["data"]["kind"], report["provenance"] = kind, provenance(kind)
     write_json(Path("datasets/bottle/convert_report.json"), report)
 
 

@@ -274,16 +274,21 @@ def test_a_second_run_on_a_locked_output_refuses_with_one_line(tiny_copy, tmp_pa
 
 
 def test_staged_stage_keeps_previous_result_until_complete_and_resumes_in_place(tmp_path):
-    from pipeline.cli import _stage
+    from dataclasses import replace
+
     from pipeline.config import load_config
+    from pipeline.registry import get
+    from pipeline.runner import guarded
+    from pipeline.workspace import Workspace
 
     cfg = load_config("bottle", "tiny", [], [f"paths.runs={tmp_path / 'runs'}"])
+    stage = replace(get("report"), writes="staged")
     target = tmp_path / "runs" / "bottle" / "toy"
     src = tmp_path / "input.txt"
     src.write_text("v1")
 
     def run(body, force=False, resume=False):
-        with _stage(cfg, "report", target, [src], [target], force, writes="staged", resume=resume) as run:
+        with guarded(cfg, Workspace.from_config(cfg), stage, target, [src], [target], force, resume=resume) as run:
             if run is not None:
                 body(run)
 

@@ -17,6 +17,7 @@ from pipeline.config import load_config
 from pipeline.errors import DataError, WeightsError
 from pipeline.metrics import coco as coco_metrics
 from pipeline.metrics.coco import coco_ap, load_truth
+from pipeline.provenance import provenance
 from pipeline.stages.sam import run as sam_run
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split, prepare
@@ -61,6 +62,7 @@ def test_stage_end_to_end_with_cache_and_resume(converted_dataset, tmp_path):
         assert m[mode]["instances"] == sum(c["instances"] for c in m[mode]["per_class"].values()) > 0
     assert m["detector_prompted"] is None  # the YOLO stage has not run in this folder
     assert m["weights"]["source"] == "random-init" and m["zero_shot"]["meaningful"] is False
+    assert m["provenance"] == provenance("synthetic", [m["weights"]]) and m["provenance"]["meaningful"] is False
     assert m["data"]["provenance"] == "synthetic" and m["device"] == "cpu"
     assert {"setup", "zero_shot", "train", "evaluate", "total"} <= set(m["timing_s"])
     assert all(Path(p).is_file() for p in m["overlays"]) and m["overlays"]

@@ -41,7 +41,7 @@ def test_real_bottle_card(real_root):
 
 
 def test_fallback_to_synthetic_only_when_asked(tmp_path):
-    from pipeline.cli import data_source
+    from pipeline.runner import data_source
     from pipeline.config import load_config
     from pipeline.data.source import open_category
     from pipeline.errors import DataError

@@ -15,7 +15,8 @@ from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError, PipeError, WeightsError
 from pipeline.metrics.coco import coco_ap
-from pipeline.stages.yolo import run as yolo_run, trainer as yolo_trainer
+from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, provenance
+from pipeline.stages.yolo import run as yolo_run
 from pipeline.stages.yolo.checkpoint import STATE, PassSampler, loop_done
 from pipeline.stages.yolo.data import prepare
 from pipeline.stages.yolo.prompts import (DIM, ULTRALYTICS_CACHE, TextEmbeddings, class_prompts, clip_vectors,
@@ -35,7 +36,7 @@ def _stop_after_first_epoch(trainer) -> None:
         raise Interrupt("simulated Ctrl-C after epoch 1")
 
 
-def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path, monkeypatch):
+def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path, said):
     cfg = load_config("bottle", "tiny")
     out = tmp_path / "runs" / "bottle" / "yolo"
     with pytest.raises(Interrupt):
@@ -45,8 +46,7 @@ def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path, monkey
     baseline = json.loads((out / "zero_shot.json").read_text())
     state = out / "train" / "weights" / f"{STATE}.0.pt"
     state.write_bytes(b"damaged")  # the exact state is unusable: resume from last.pt alone, with a warning
-    warned: list[str] = []
-    monkeypatch.setattr(yolo_trainer, "warn", warned.append)
+    warned = said("pipeline.stages.yolo.trainer")
 
     m = run_finetune_yolo(cfg, converted_dataset, out, resume=True)
     assert len(warned) == 1 and str(state) in warned[0] and "differ slightly" in warned[0]
@@ -64,6 +64,8 @@ def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path, monkey
         assert len(m[phase]["pr_curve"]["recall"]) == 101
         assert Path(m[phase]["detections"]).is_file()
     assert m["zero_shot"]["meaningful"] is False and len(m["zero_shot"]["caveats"]) == 2
+    assert m["provenance"] == provenance("synthetic", [m["weights"]], [STAND_IN_TEXT_EMBEDDINGS])
+    assert set(m["zero_shot"]["caveats"]) <= set(m["provenance"]["caveats"])  # in the block's words
     assert m["weights"]["source"] == "random-init" and m["weights"]["pretrained"] is False
     assert m["text_embeddings"]["source"] == "deterministic-fallback"
     assert m["data"]["provenance"] == "synthetic" and m["device"] == "cpu"
@@ -106,9 +108,8 @@ def test_unknown_class_in_config(tmp_path):
         load_config("bottle", overrides=["classes.broken_large=[broken/rim]"])
 
 
-def test_resume_without_checkpoint_starts_afresh(converted_dataset, tmp_path, monkeypatch):
-    said: list[str] = []
-    monkeypatch.setattr(yolo_run, "info", said.append)
+def test_resume_without_checkpoint_starts_afresh(converted_dataset, tmp_path, said):
+    said = said("pipeline.stages.yolo.run")
     started: list[tuple[bool, int]] = []
 
     def stop(trainer) -> None:

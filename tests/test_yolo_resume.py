@@ -19,7 +19,6 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import PipeError
-from pipeline.stages.yolo import run as yolo_run
 from pipeline.stages.yolo.checkpoint import STATE
 from pipeline.stages.yolo.run import run_finetune_yolo
 
@@ -138,15 +137,14 @@ def test_resume_after_an_epoch_equals_uninterrupted_run(reference, converted_dat
     _assert_equals_reference(out, ref, m, m_ref)
 
 
-def test_resume_after_a_kill_in_the_first_or_last_epoch(reference, converted_dataset, monkeypatch):
+def test_resume_after_a_kill_in_the_first_or_last_epoch(reference, converted_dataset, said):
     out, ref, m_ref = reference
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config("bottle", "tiny", overrides=OVERRIDES)
     with pytest.raises(Interrupt):
         run_finetune_yolo(cfg, converted_dataset, out, callbacks=_callbacks(on_train_batch_end=_kill_mid_first_epoch))
     assert not (out / "train/weights/last.pt").exists()
-    said: list[str] = []
-    monkeypatch.setattr(yolo_run, "info", said.append)
+    said = said("pipeline.stages.yolo.run")
     with pytest.raises(Interrupt):  # nothing to resume: a fresh run, killed after its last epoch's save
         run_finetune_yolo(cfg, converted_dataset, out, resume=True,
                           callbacks=_callbacks(on_fit_epoch_end=_kill_after_epoch(2)))

@@ -25,6 +25,8 @@ from pipeline.data.layout import Category
 from pipeline.errors import PipeError
 from pipeline.io import atomic_dir, write_json
 from pipeline.outputs import check_output, die_with_parent, mark
+from pipeline.provenance import provenance
+from pipeline.workspace import Dataset
 
 PARALLEL_MIN_MASKS = 150  # below this, starting worker processes costs more than it saves
 
@@ -116,6 +118,7 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
         "category": cat.name,
         **({"environment": dict(environment)} if environment is not None else {}),
         "data": cat.provenance,
+        "provenance": provenance(cat.provenance["kind"]),
         "params": {**asdict(params), "ratios": dict(ratios), "seed": seed, "add_train_good": add_train_good,
                    "link": link_mode},
         "images_per_split": {sp: len(rels) for sp, rels in members.items()},
@@ -127,15 +130,17 @@ def run_convert(cat: Category, out: Path, params: ConvertParams, ratios: dict[st
                        "polygon_points": len(i["yolo_polygon"])}
                       for rel, insts in sorted(instances.items()) for i in insts],
     }
+    final = Dataset(Path(out))
     with atomic_dir(out) as tmp:
-        write_json(tmp / "splits.json", splits)
+        dataset = Dataset(tmp)
+        write_json(dataset.splits, splits)
         # data.yaml names the folder where the dataset will live once moved into place
-        write_yolo(tmp / "yolo-det", out / "yolo-det", members, sources, instances, defects, "det", link_mode)
-        write_yolo(tmp / "yolo-seg", out / "yolo-seg", members, sources, instances, defects, "seg", link_mode)
-        write_coco(tmp / "coco", cat.name, members, sources, sizes, instances, defects, link_mode)
+        write_yolo(dataset.yolo_det.root, final.yolo_det.root, members, sources, instances, defects, "det", link_mode)
+        write_yolo(dataset.yolo_seg.root, final.yolo_seg.root, members, sources, instances, defects, "seg", link_mode)
+        write_coco(dataset.coco.root, cat.name, members, sources, sizes, instances, defects, link_mode)
         if preview:
-            write_previews(tmp / "preview", preview, sources, splits["labels"], instances, defects)
-        write_json(tmp / "convert_report.json", report)
+            write_previews(dataset.preview, preview, sources, splits["labels"], instances, defects)
+        write_json(dataset.report, report)
         mark(tmp, "convert")
     report["timing_s"] = {"convert": round(t_convert, 3), "total": round(time.perf_counter() - t0, 3)}
     return report

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.data.layout import Category
 from pipeline.errors import DataError
 from pipeline.io import read_json
+from pipeline.workspace import Dataset
 
 SPLITS = ("train", "val", "test")
 
@@ -63,9 +64,9 @@ def make_splits(cat: Category, ratios: Mapping[str, float], seed: int) -> dict[s
     }
 
 
-def load_splits(dataset_dir: Path) -> dict[str, Any]:
+def load_splits(dataset: Dataset | Path) -> dict[str, Any]:
     """Read ``splits.json`` from a converted dataset; every stage goes through here."""
-    path = Path(dataset_dir) / "splits.json"
+    path = Dataset.of(dataset).splits
     if not path.is_file():
         raise DataError(f"{path}: not found; run `pipe convert <category>` first")
     return read_json(path)

@@ -14,11 +14,7 @@ from typing import Any
 import yaml
 
 from pipeline.io import write_json, write_text
-
-
-def flat_name(rel: str) -> str:
-    """``test/broken_large/000.png`` -> ``test_broken_large_000.png``: unique within a category."""
-    return rel.replace("/", "_")
+from pipeline.workspace import CocoFormat, YoloFormat, flat_name
 
 
 def link(src: str | Path, dst: str | Path, mode: str = "hardlink") -> str:
@@ -82,7 +78,7 @@ def write_yolo(root: Path, final_root: Path, split_members: dict[str, list[str]]
                instances: dict[str, list[dict[str, Any]]], defects: tuple[str, ...], kind: str, link_mode: str) -> None:
     class_ids = {d: i for i, d in enumerate(defects)}
     for split, rels in split_members.items():
-        images, labels = root / "images" / split, root / "labels" / split
+        images, labels = YoloFormat(root).images(split), YoloFormat(root).labels(split)
         images.mkdir(parents=True, exist_ok=True)
         labels.mkdir(parents=True, exist_ok=True)
         for rel in rels:  # plain string paths: pathlib's parsing cost more than the writes on tmpfs
@@ -90,7 +86,7 @@ def write_yolo(root: Path, final_root: Path, split_members: dict[str, list[str]]
             link(sources[rel], os.path.join(images, name), link_mode)
             with open(os.path.join(labels, os.path.splitext(name)[0] + ".txt"), "w", encoding="utf-8") as fh:
                 fh.write(yolo_labels(instances[rel], class_ids, kind))
-    write_text(root / "data.yaml", yolo_data_yaml(final_root, defects))
+    write_text(YoloFormat(root).data_yaml, yolo_data_yaml(final_root, defects))
 
 
 def write_coco(root: Path, category: str, split_members: dict[str, list[str]], sources: dict[str, Path],
@@ -99,7 +95,7 @@ def write_coco(root: Path, category: str, split_members: dict[str, list[str]], s
     cat_ids = {d: i + 1 for i, d in enumerate(defects)}
     for split, rels in split_members.items():
         images, annotations = [], []
-        folder = root / "images" / split
+        folder = CocoFormat(root).images(split)
         folder.mkdir(parents=True, exist_ok=True)
         for image_id, rel in enumerate(rels, start=1):
             name = flat_name(rel)
@@ -111,5 +107,5 @@ def write_coco(root: Path, category: str, split_members: dict[str, list[str]], s
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": cat_ids[inst["class"]],
                     "bbox": inst["bbox"], "area": inst["area"], "segmentation": inst["segmentation"], "iscrowd": 0,
                 })
-        write_json(root / "annotations" / f"instances_{split}.json", coco_document(category, defects, images, annotations),
+        write_json(CocoFormat(root).annotations(split), coco_document(category, defects, images, annotations),
                    indent=None)

@@ -7,17 +7,19 @@ goes through a staging folder and one rename: a category folder under the data r
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
-from pipeline.console import info, warn
 from pipeline.data.categories import CategorySpec, get_category
 from pipeline.data.layout import validate_dir
 from pipeline.errors import DataError
 from pipeline.fetch import FetchError, fetch
 from pipeline.io import atomic_dir
+
+log = logging.getLogger(__name__)
 
 HOMEPAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 _BASE = "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
@@ -79,7 +81,7 @@ def _check_counts(cat_dir: Path, spec: CategorySpec, strict: bool) -> None:
                f"{expected}")
         if strict:
             raise DataError(msg + "; the download is incomplete, fetch it again")
-        warn(msg + "; installing anyway (a modified copy?)")
+        log.warning(msg + "; installing anyway (a modified copy?)")
 
 
 def install(category: str, root: Path, source: Path | None = None, full: bool = False,
@@ -90,7 +92,7 @@ def install(category: str, root: Path, source: Path | None = None, full: bool = 
     if target.exists() and not target.is_dir():
         raise DataError(f"{target}: a file stands where the category folder goes; move it away and run again")
     if target.exists() and not force:
-        info(f"{target} already exists; pass --force to replace it")
+        log.info(f"{target} already exists; pass --force to replace it")
         return target
     if source is not None:
         source = Path(source)

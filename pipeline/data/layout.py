@@ -12,17 +12,20 @@ the rest of the command (the dataset card, the conversion) reads them from there
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.console import info, track, warn
+from pipeline.console import track
 from pipeline.data.categories import CategorySpec, get_category, resolve_root
 from pipeline.data.images import ImageInfo, PackedMask, binarize, is_binary, is_zero_one, probe, read_mask_raw
 from pipeline.errors import DataError
 from pipeline.io import read_json
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 
@@ -153,10 +156,10 @@ def validate_dir(cat_dir: Path, spec: CategorySpec, mask_threshold: int = 128) -
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise DataError(problems[0] + more)
     if zero_one:
-        info(f"{spec.name}: {len(zero_one)} mask(s) stored as 0/1 instead of 0/255 (e.g. {zero_one[0]}); "
-             "read with 1 as the defect")
+        log.info(f"{spec.name}: {len(zero_one)} mask(s) stored as 0/1 instead of 0/255 (e.g. {zero_one[0]}); "
+                 "read with 1 as the defect")
     for m in nonbinary:
-        warn(f"{m}: mask is not binary (values other than 0/255); thresholding at {mask_threshold}")
+        log.warning(f"{m}: mask is not binary (values other than 0/255); thresholding at {mask_threshold}")
     marker = cat_dir / SYNTHETIC_MARKER
     synthetic = read_json(marker) if marker.is_file() else None
     return Category(spec, cat_dir, samples, infos, mask_threshold, nonbinary_masks=nonbinary,

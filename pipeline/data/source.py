@@ -9,13 +9,16 @@ configuration and the stages, so it imports neither and can be used (and tested)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.console import loud
+from pipeline.console import LOUD
 from pipeline.data.layout import SYNTHETIC_MARKER, Category, load_category, resolve_root
 from pipeline.data.synth import GENERATOR_VERSION, synthesize
 from pipeline.io import read_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def open_category(source: DataSource, fallback_synthetic: bool = False) -> Categ
         current = read_json(marker) if marker.is_file() else {}
         if {k: current.get(k) for k in wanted} != wanted:
             synthesize(name, synthetic_root, **asdict(source.synth))
-        loud(f"No MVTec AD data at {root / name}: using the SYNTHETIC stand-in at "
-             f"{synthetic_root / name}. Its numbers say nothing about real defects.")
+        log.warning(f"No MVTec AD data at {root / name}: using the SYNTHETIC stand-in at "
+                    f"{synthetic_root / name}. Its numbers say nothing about real defects.", extra=LOUD)
         root = synthetic_root
     return load_category(root, name, source.mask_threshold)

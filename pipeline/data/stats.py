@@ -13,6 +13,8 @@ from pipeline.console import track
 from pipeline.data.layout import Category
 from pipeline.data.masks import split_instances
 from pipeline.io import write_json, write_text
+from pipeline.provenance import provenance
+from pipeline.workspace import StatsFiles
 
 MODES = {1: "greyscale", 3: "RGB", 4: "RGBA"}
 
@@ -69,6 +71,7 @@ def dataset_card(cat: Category, prompts: dict[str, list[str]] | None = None,
         **({"environment": dict(environment)} if environment is not None else {}),
         "kind": spec.kind,
         "data": cat.provenance,
+        "provenance": provenance(cat.provenance["kind"]),  # no weights: the card's numbers are counts
         "classes": [{"name": c, "display": (prompts.get(c) or [c.replace("_", " ")])[0], "prompts": prompts.get(c, [])}
                     for c in spec.classes],
         "counts": counts,
@@ -123,4 +126,5 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 
 def write_card(card: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    return write_json(out_dir / "card.json", card), write_text(out_dir / "card.md", card_markdown(card))
+    files = StatsFiles(Path(out_dir))
+    return write_json(files.card_json, card), write_text(files.card_md, card_markdown(card))

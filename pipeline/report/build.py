@@ -1,9 +1,11 @@
 """``pipe report``: every stage's outputs gathered into ``report.md``, a self-contained ``report.html`` and ``summary.json``.
 
-The report only reads what the stages wrote (``runs/<category>/<stage>/metrics.json``, the dataset card,
-the conversion report); it trains nothing and measures nothing itself. Its first line says, in words,
+The report only reads what the stages wrote (each stage's ``metrics.json``, the dataset card, the
+conversion report), found through the workspace wherever the stages put them; it trains nothing and measures nothing itself. Its first line says, in words,
 which stages were measured and when their numbers come from synthetic data or untrained weights; it claims
-real MVTec AD data and pretrained weights only when every stage that ran recorded exactly that.
+real MVTec AD data and pretrained weights only when every stage that ran recorded exactly that. What each stage
+recorded is its ``provenance`` block (``pipeline.provenance``); the report merges the blocks and judges nothing
+itself.
 """
 
 from __future__ import annotations
@@ -14,20 +16,14 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.errors import PipeError
 from pipeline.io import read_json, write_json, write_text
+from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, merge, provenance
 from pipeline.report import sections
 from pipeline.report.document import Document
 from pipeline.uptodate import wall_time
+from pipeline.workspace import ReportFiles, Workspace
 
 STAGES = sections.WEIGHTED  # the stages whose numbers depend on weights
 ORDER = tuple(sections.COMMANDS)  # every input of the report, in pipeline order
-
-
-def inputs(cfg: Config) -> dict[str, Path]:
-    """Every file the report reads, by the stage that writes it (what ``pipe report``'s up-to-date check hashes)."""
-    runs = Path(cfg.paths.runs) / cfg.category
-    return {"stats": runs / "stats" / "card.json",
-            "convert": Path(cfg.paths.datasets) / cfg.category / "convert_report.json",
-            **{s: runs / s / "metrics.json" for s in STAGES}}
 
 
 def _load(stage: str, path: Path, category: str) -> dict[str, Any] | None:
@@ -46,33 +42,33 @@ def measured(loaded: dict[str, dict[str, Any] | None]) -> list[str]:
     return [s for s in ORDER if loaded.get(s)]
 
 
+def stage_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """A stage output's provenance block. An output written before the block existed gets one derived from the
+    fields it did record (data kind, weights, YOLO's text embeddings); with no data kind its data is unknown."""
+    block = record.get("provenance")
+    if isinstance(block, dict):
+        return block
+    data = record.get("data")
+    kind = data.get("provenance", data.get("kind")) if isinstance(data, dict) else None
+    weights = record.get("weights")
+    listed = [weights] if isinstance(weights, dict) else [w for a in record.get("attempts") or [] for w in a["weights"]]
+    stand_in = (record.get("text_embeddings") or {}).get("meaningful") is False
+    return provenance(kind, listed, [STAND_IN_TEXT_EMBEDDINGS] if stand_in else [])
+
+
+def merged(loaded: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The provenance blocks of the stages that ran, merged in pipeline order (``pipeline.provenance.merge``)."""
+    return merge(stage_provenance(loaded[s]) for s in measured(loaded))
+
+
 def data_kinds(loaded: dict[str, dict[str, Any] | None]) -> set[str]:
     """What each stage that ran recorded about its data ("real", "synthetic"; "unknown" where it says nothing)."""
-    kinds = set()
-    for stage in measured(loaded):
-        data = (loaded[stage] or {}).get("data")
-        kind = data.get("provenance", data.get("kind")) if isinstance(data, dict) else None
-        kinds.add(kind if isinstance(kind, str) else "unknown")
-    return kinds
+    return set(merged(loaded)["data"])
 
 
 def caveats(loaded: dict[str, dict[str, Any] | None]) -> list[str]:
-    """What makes the numbers not about real defects: synthetic data, untrained weights (in words)."""
-    out = []
-    if "synthetic" in data_kinds(loaded):
-        out.append("synthetic data (the generated stand-in for the category, not MVTec AD images)")
-    untrained = []
-    for s in ("yolo", "sam"):
-        if loaded[s] and not loaded[s]["weights"]["pretrained"]:
-            untrained.append(f"{s} ({loaded[s]['weights']['name']})")
-    if loaded["yolo"] and not loaded["yolo"]["text_embeddings"]["meaningful"]:
-        untrained.append("YOLO-World class prompts (stand-in text embeddings)")
-    if loaded["classify"]:
-        names = sorted({w["name"] for a in loaded["classify"]["attempts"] for w in a["weights"] if not w["pretrained"]})
-        untrained += [f"classify ({', '.join(names)})"] if names else []
-    if untrained:
-        out.append("untrained, randomly initialised weights for " + "; ".join(untrained))
-    return out
+    """What makes the numbers not about real defects: the union of the stages' caveats, in pipeline order."""
+    return merged(loaded)["caveats"]
 
 
 def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
@@ -84,7 +80,7 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
     return {
         "category": next((m["category"] for m in loaded.values() if m and "category" in m), None),
         "measured": ran, "not_run": [k for k in ORDER if k not in ran],
-        "meaningful": bool(ran) and not notes and data_kinds(loaded) == {"real"}, "caveats": notes,
+        "meaningful": merged(loaded)["meaningful"], "caveats": notes,
         "detection": None if y is None else {
             "map50_zero_shot": y["zero_shot"]["map50"], "map50_finetuned": y["finetuned"]["map50"],
             "map50_95_zero_shot": y["zero_shot"]["map50_95"], "map50_95_finetuned": y["finetuned"]["map50_95"]},
@@ -100,17 +96,20 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
     }
 
 
-def build_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
-    """Write ``report.md``, ``report.html``, ``summary.json`` (and the figures) to ``runs/<category>/``."""
-    out = Path(out) if out else Path(cfg.paths.runs) / cfg.category
-    paths = inputs(cfg)
+def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = None) -> dict[str, Any]:
+    """Write ``report.md``, ``report.html``, ``summary.json`` (and the figures) to ``out`` (default: the
+    workspace's report folder, ``runs/<category>/``), from each stage's outputs wherever the workspace has them."""
+    ws = ws or Workspace.from_config(cfg)
+    files = ReportFiles(Path(out) if out else ws.target("report"))
+    out = files.folder
+    paths = ws.results()
     loaded = {k: _load(k, p, cfg.category) for k, p in paths.items()}
     notes = caveats(loaded)
     doc = Document(f"pipe report: {cfg.category}")
     sections.headline(doc, cfg.category, measured(loaded), notes, data_kinds(loaded) == {"real"})
     sections.dataset(doc, loaded["stats"], cfg.category)
     sections.converted(doc, loaded["convert"], cfg.category)
-    sections.detection(doc, loaded["yolo"], out / "figures", cfg.category)
+    sections.detection(doc, loaded["yolo"], files.figures, cfg.category)
     sections.segmentation(doc, loaded["sam"], cfg.category)
     sections.classification(doc, loaded["classify"], cfg.category)
     sections.overlays(doc, loaded["yolo"], loaded["sam"])
@@ -118,7 +117,7 @@ def build_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     sections.environment(doc, loaded, walls)
     sections.provenance(doc, loaded)
     summary = headline_numbers(loaded, notes, walls)
-    write_text(out / "report.md", doc.markdown(out))
-    write_text(out / "report.html", doc.html())
-    write_json(out / "summary.json", summary)
+    write_text(files.markdown, doc.markdown(out))
+    write_text(files.html, doc.html())
+    write_json(files.summary, summary)
     return summary

@@ -46,7 +46,7 @@ def headline(doc: Document, category: str, measured: list[str], caveats: list[st
     scope = (f"Measured: {', '.join(OUTPUTS[s] for s in measured)}"
              + (f"; not run: {', '.join(not_run)}." if not_run else "."))
     if caveats:
-        return doc.callout("These numbers come from " + " and ".join(caveats) + ". They show that the pipeline runs "
+        return doc.callout("These numbers come from " + _listed(caveats) + ". They show that the pipeline runs "
                            f"end to end; they say nothing about how well it finds real defects. {scope}")
     if not real_data:
         return doc.callout(f"{scope} The outputs do not all record real MVTec AD data, so these numbers may not "
@@ -55,6 +55,11 @@ def headline(doc: Document, category: str, measured: list[str], caveats: list[st
         return doc.text(f"All numbers below were measured on the genuine MVTec AD images with pretrained weights. "
                         f"{scope}")
     doc.text(f"The numbers below describe the genuine MVTec AD images; no model has been evaluated yet. {scope}")
+
+
+def _listed(phrases: list[str]) -> str:
+    """``a``, ``a and b``, ``a; b; and c``: semicolons, since a caveat may hold commas (a list of weights)."""
+    return " and ".join(phrases) if len(phrases) < 3 else "; ".join(phrases[:-1]) + "; and " + phrases[-1]
 
 
 def dataset(doc: Document, card: Stage, category: str) -> None:

@@ -21,7 +21,7 @@ IGNORED = ("device", "paths")  # where a run happens or is stored does not chang
 
 
 def trained_with(config: Mapping[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
-    """The parts of a dumped config a stage's result depends on (``sections`` as ``uptodate.SECTIONS``)."""
+    """The parts of a dumped config a stage's result depends on (``sections`` as the stage's registry entry declares)."""
     return {k: config[k] for k in sections if k in config and k not in IGNORED}
 
 

@@ -17,14 +17,14 @@ import cv2
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset as TorchDataset, default_collate
 from torchvision.transforms import v2
 
-from pipeline.convert.splits import load_splits
+from pipeline.convert.splits import SPLITS, load_splits
 from pipeline.data.images import read_image
 from pipeline.errors import ConfigError, DataError
-from pipeline.io import read_json
 from pipeline.stages.common import require
+from pipeline.workspace import Dataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as every torchvision weights enum uses
 
@@ -34,7 +34,7 @@ class Example:
     """One labelled training example: an image and its class index in the classifier's class list.
 
     Not the data layer's ``Sample`` (an MVTec file with its split, label name and mask): the index depends
-    on which classes this run learns, and the image may sit under a root the converter recorded.
+    on which classes this run learns, and the image is the converted dataset's copy.
     """
 
     rel: str  # id relative to the category root, e.g. test/broken_large/000.png
@@ -55,24 +55,33 @@ class Labelled:
         return sorted((s for split in self.splits.values() for s in split), key=lambda s: s.rel)
 
 
-def load_labelled(dataset_dir: Path, classes: Sequence[str] | None = None) -> Labelled:
-    """The shared splits with image paths resolved under the category root the converter read."""
-    splits = load_splits(dataset_dir)
-    report = read_json(require(Path(dataset_dir) / "convert_report.json", "conversion report",
-                               f"run `pipe convert {splits['category']}`"))
-    root = Path(report["data"]["root"])
-    if not root.is_dir():
-        raise DataError(f"{root}: the category folder {dataset_dir}/convert_report.json was converted from is gone; "
-                        f"run `pipe convert {splits['category']}` again")
+def load_labelled(dataset: Dataset | Path, classes: Sequence[str] | None = None) -> Labelled:
+    """The shared splits, read from the converted dataset: the labelled images are the very files detection and
+    segmentation use; MVTec's ``train/good`` comes from the dataset when it was converted into train, else from
+    the category folder the dataset records as its source."""
+    dataset = Dataset.of(dataset)
+    splits = load_splits(dataset)
     names = list(classes) if classes else list(splits["classes"])
     index = {c: i for i, c in enumerate(names)}
+    fix = f"run `pipe convert {splits['category']}` again"
 
-    def samples(rels: Sequence[str], label_of) -> list[Example]:
-        return [Example(r, root / r, index[label_of(r)]) for r in rels if label_of(r) in index]
+    def example(split: str, rel: str, label: str) -> Example:
+        return Example(rel, require(dataset.coco.image(split, rel), "converted image", fix), index[label])
 
     labels = splits["labels"]
-    return Labelled(names, {s: samples(splits["splits"][s], labels.__getitem__) for s in ("train", "val", "test")},
-                    samples(splits["train_good"], lambda r: "good"), splits.get("data", "unknown"))
+    labelled = {s: [example(s, r, labels[r]) for r in splits["splits"][s] if labels[r] in index] for s in SPLITS}
+    return Labelled(names, labelled, _train_good(dataset, splits["train_good"], index, fix) if "good" in index else [],
+                    splits.get("data", "unknown"))
+
+
+def _train_good(dataset: Dataset, rels: Sequence[str], index: dict[str, int], fix: str) -> list[Example]:
+    if all(dataset.coco.image("train", r).is_file() for r in rels):  # converted with convert.add_train_good
+        return [Example(r, dataset.coco.image("train", r), index["good"]) for r in rels]
+    source = dataset.recorded_source()
+    if source is None or not source.is_dir():
+        raise DataError(f"{source or dataset.report}: the category folder {dataset.root} was converted from is "
+                        f"gone, and MVTec's train/good images are read from it; {fix}")
+    return [Example(r, source / r, index["good"]) for r in rels]
 
 
 class ImageCache:
@@ -115,7 +124,7 @@ def transform(kind: str, size: int) -> v2.Transform:
     raise ValueError(f"unknown transform {kind!r}")
 
 
-class Images(Dataset):
+class Images(TorchDataset):
     def __init__(self, samples: Sequence[Example], cache: ImageCache, size: int, kind: str) -> None:
         self.samples, self.cache, self.size, self.tf = list(samples), cache, size, transform(kind, size)
 

@@ -10,13 +10,14 @@ Under ``torchrun`` every process trains every job on its shard; rank 0 writes. `
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline import plots
 from pipeline.config import Config
-from pipeline.console import info, loud
+from pipeline.console import LOUD
 from pipeline.fetch import file_digest
 from pipeline.io import read_json, write_json, write_text
 from pipeline.metrics.classification import classification_metrics, mean_std
@@ -25,17 +26,20 @@ from pipeline.stages.classify.attempts import Attempt, load_attempt, load_attemp
 from pipeline.stages.classify.data import Fold, ImageCache, Labelled, load_labelled, shared_split, stratified_folds
 from pipeline.stages.classify.models import build, provenance, resolve_backbones
 from pipeline.stages.classify.train import Options, fit
-from pipeline.stages.common import Phases, guard_resume, start, training_data
+from pipeline.stages.common import Phases, attest, guard_resume, start, training_data
 from pipeline.training import distributed
 from pipeline.training.state import save, seed_everything
 from pipeline.weights import Resolved
+from pipeline.workspace import ClassifyFiles, Dataset
+
+log = logging.getLogger(__name__)
 
 
 class Runner:
     """Runs (or, on resume, reloads) one job at a time with shared cache, weights and options."""
 
     def __init__(self, cfg: Config, data: Labelled, out: Path, o: Options, d: distributed.Dist, resume: bool) -> None:
-        self.cfg, self.data, self.out, self.o, self.d, self.resume = cfg, data, out, o, d, resume
+        self.cfg, self.data, self.files, self.o, self.d, self.resume = cfg, data, ClassifyFiles(out), o, d, resume
         self.cache = ImageCache(cfg.classify.cache)
         self.weights: dict[str, Resolved] = {}
 
@@ -47,16 +51,16 @@ class Runner:
         return self.weights
 
     def job(self, a: Attempt, fold: Fold, tag: str) -> dict[str, Any]:
-        path = self.out / "runs" / tag / f"{fold.name}.json"
+        path = self.files.fold_record(tag, fold.name)
         if self.resume and path.is_file():
-            info(f"{tag} {fold.name}: finished earlier, reusing {path}")
+            log.info(f"{tag} {fold.name}: finished earlier, reusing {path}")
             return read_json(path)
         seed_everything(self.o.seed)  # every job starts alike: a job redone after an interruption gives the same result
         model = build(a, len(self.data.classes), self.weights)
         result = fit(model, a, fold, self.data.classes, self.cache, self.o, self.d, label=f"{tag} {fold.name}")
         if self.d.main:
             if fold.name == "split":  # under the job's tag: a long-tail variant of A must not overwrite A's weights
-                weights = save(self.out / tag / "best.pt", {"attempt": a.model_dump(), "classes": self.data.classes,
+                weights = save(self.files.best(tag), {"attempt": a.model_dump(), "classes": self.data.classes,
                                                              "state_dict": model.state_dict()})
                 result["best_weights"] = {"file": str(weights), "sha256": file_digest(weights)}
             write_json(path, result)
@@ -100,32 +104,33 @@ def _recall(entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
             "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"]}, basis
 
 
-def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False) -> dict[str, Any] | None:
+def run_classify(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool = False) -> dict[str, Any] | None:
     """Run the stage; return the metrics written to ``out/metrics.json`` (None on ranks other than 0)."""
     c = cfg.classify
-    out = Path(out)
+    out, dataset = Path(out), Dataset.of(dataset)
+    files = ClassifyFiles(out)
     phases = Phases()
-    d, device, record = start("classify", cfg, dataset_dir)
+    d, device, record = start("classify", cfg, dataset)
     attempts = load_attempts(c)  # every config error before any training
-    data = load_labelled(dataset_dir, c.classes)
+    data = load_labelled(dataset, c.classes)
     folds = stratified_folds(data, c.folds, cfg.seed, c.add_train_good) if c.folds else []
     o = Options(device, cfg.seed, c.select, c.amp, c.channels_last, c.workers)
     runner = Runner(cfg, data, out, o, d, resume)
     weights = runner.resolve(attempts)
     # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
     guard_resume("classify", cfg, out, d.main, resume, {
-        **training_data(dataset_dir, ["splits.json"],
+        **training_data(dataset, [dataset.splits],
                         ((s.rel, file_digest(s.path)) for s in [*data.pool, *data.train_good])),
         "weights": {b: w.sha256 or "random-init" for b, w in sorted(weights.items())}},
         extra={"recipes": {a.id: a.model_dump(exclude={"source"}) for a in attempts}})
     if d.main:
-        (out / "metrics.json").unlink(missing_ok=True)
+        files.metrics.unlink(missing_ok=True)
         if not resume:
-            shutil.rmtree(out / "runs", ignore_errors=True)
+            shutil.rmtree(files.fold_runs, ignore_errors=True)
     counts = {"train": len(shared_split(data, c.add_train_good).train), "val": len(data.splits["val"]),
               "test": len(data.splits["test"]), "labelled": len(data.pool), "train_good": len(data.train_good)}
-    info(f"classify {cfg.category}: {len(attempts)} attempts x (shared split + {len(folds)} folds); "
-         f"images {counts}; classes {data.classes}")
+    log.info(f"classify {cfg.category}: {len(attempts)} attempts x (shared split + {len(folds)} folds); "
+             f"images {counts}; classes {data.classes}")
 
     entries = []
     for a in attempts:
@@ -140,31 +145,27 @@ def run_classify(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False
         distributed.shutdown(d)
         return None
 
-    caveats = []
-    if data.provenance != "real":
-        caveats.append(f"the images are {data.provenance}, not MVTec AD: these numbers test the pipeline, "
-                       f"not a classifier of real defects")
-    untrained = sorted({w["name"] for e in entries for w in e["weights"] if not w["pretrained"]})
-    if untrained:
-        caveats.append(f"backbones trained from random initialisation (no ImageNet weights): {', '.join(untrained)}")
+    # every backbone any attempt used (sorted by name): the provenance block writes the caveats from these facts
+    record = attest(record, sorted((w for e in entries for w in e["weights"]), key=lambda w: w["name"]))
+    caveats = record["provenance"]["caveats"]
     for cav in caveats:
-        loud(f"Classification: {cav}.")
+        log.warning(f"Classification: {cav}.", extra=LOUD)
     text, facts = report.summary(entries, caveats)
     figures = {}
     for e in entries:
         figures[e["id"]] = str(plots.confusion(e["split"]["test"]["confusion"], data.classes,
-                                               f"{e['id']}: test split", out / "confusion" / f"{e['id']}.png"))
+                                               f"{e['id']}: test split", files.confusion(e["id"])))
         if e["cv"]:
             figures[f"{e['id']}-cv"] = str(plots.confusion(
                 e["cv"]["pooled"]["confusion"], data.classes, f"{e['id']}: pooled {e['cv']['folds']} folds",
-                out / "confusion" / f"{e['id']}-cv.png"))
+                files.confusion(e["id"], cv=True)))
     metrics = {**record, "classes": data.classes, "images": counts, "folds": c.folds, "attempts": entries,
                "compare": compare, "summary": facts, "summary_text": text, "caveats": caveats,
                "confusion_plots": figures, "processes": d.world,
                "cache": {"enabled": runner.cache.enabled, "hits": runner.cache.hits, "misses": runner.cache.misses},
                "timing_s": phases.record()}
-    write_text(out / "attempts.md", report.markdown(metrics))
-    write_json(out / "metrics.json", metrics)
+    write_text(files.attempts_md, report.markdown(metrics))
+    write_json(files.metrics, metrics)
     distributed.shutdown(d)
     return metrics
 

@@ -9,6 +9,7 @@ processes (DDP) and every process scores val and test in full, so all reach the 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from pipeline.console import log_only, progress
+from pipeline.console import progress
 from pipeline.metrics.classification import classification_metrics
 from pipeline.stages.classify.attempts import Attempt
 from pipeline.stages.classify.data import Example, Fold, ImageCache, Images, train_collate
@@ -28,6 +29,8 @@ from pipeline.training import distributed
 from pipeline.training.optim import adamw
 from pipeline.training.sampling import ShardedSampler, class_balanced_weights
 from pipeline.training.state import autocast
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
                    "val_loss": val["loss"], "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"],
                    "lr_backbone": optimizer.param_groups[0]["lr"], "lr_head": optimizer.param_groups[1]["lr"]}
             history.append(row)
-            log_only(f"{label} " + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            log.debug(f"{label} "  # per-epoch numbers: the log file keeps them, the progress bar shows them
+                      + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             key = _selection(val, o.select)
             if best is None or key > best[0]:
                 state = {k_: v.detach().to("cpu", copy=True) for k_, v in model.state_dict().items()}  # one copy

@@ -25,6 +25,7 @@ from pipeline.io import read_json
 from pipeline.stages.common import require
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.predictor import Predictor, to_input_boxes, to_input_image
+from pipeline.workspace import Dataset
 
 VIEWS = ((False, False), (True, False), (False, True), (True, True))  # (h-flip, v-flip) per view index
 
@@ -55,11 +56,11 @@ def _check(ann: dict[str, Any], image: dict[str, Any], path: Path) -> None:
                         f"({image['width']}x{image['height']}); re-run `pipe convert`")
 
 
-def load_split(dataset_dir: Path, split: str) -> tuple[list[Item], dict[int, str]]:
+def load_split(dataset: Dataset | Path, split: str) -> tuple[list[Item], dict[int, str]]:
     """Items of ``split`` (every image, with or without instances) and the COCO category names by id."""
-    category = Path(dataset_dir).name
-    fix = f"run `pipe convert {category}` first"
-    ann_path = require(Path(dataset_dir) / "coco" / "annotations" / f"instances_{split}.json", "COCO annotations", fix)
+    coco = Dataset.of(dataset).coco
+    fix = f"run `pipe convert {Dataset.of(dataset).root.name}` first"
+    ann_path = require(coco.annotations(split), "COCO annotations", fix)
     doc = read_json(ann_path)
     by_image: dict[int, list[dict[str, Any]]] = {}
     images = {im["id"]: im for im in doc["images"]}
@@ -70,7 +71,7 @@ def load_split(dataset_dir: Path, split: str) -> tuple[list[Item], dict[int, str
         by_image.setdefault(ann["image_id"], []).append(ann)
     items = []
     for image_id, im in sorted(images.items()):
-        path = require(Path(dataset_dir) / "coco" / "images" / split / im["file_name"], "COCO image", fix)
+        path = require(coco.images(split) / im["file_name"], "COCO image", fix)
         anns = sorted(by_image.get(image_id, []), key=lambda a: a["id"])
         h, w = im["height"], im["width"]
         masks = np.stack([decode(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)

@@ -10,6 +10,7 @@ split's COCO ground truth loaded once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 import torch
 
 from pipeline.config import Config
-from pipeline.console import info, loud
+from pipeline.console import LOUD
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json
 from pipeline.metrics.coco import load_truth
-from pipeline.stages.common import Phases, guard_resume, start, training_data
+from pipeline.provenance import untrained
+from pipeline.stages.common import Phases, attest, guard_resume, start, training_data
 from pipeline.stages.sam import evaluate
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split
@@ -30,29 +32,33 @@ from pipeline.stages.sam.predictor import Predictor
 from pipeline.stages.sam.train import fit
 from pipeline.training import distributed
 from pipeline.training.state import seed_everything
+from pipeline.workspace import Dataset, SamFiles, Workspace
+
+log = logging.getLogger(__name__)
 
 
 def _headline(tag: str, m: dict[str, Any]) -> None:
-    info(f"SAM {tag}: instance IoU {m['mean_iou']}, Dice {m['mean_dice']}, mask AP50 {m['mask_ap']['map50']:.3f}")
+    log.info(f"SAM {tag}: instance IoU {m['mean_iou']}, Dice {m['mean_dice']}, mask AP50 {m['mask_ap']['map50']:.3f}")
 
 
 def cache_dir(cfg: Config) -> Path:
-    """``sam.cache_dir``, else ``<paths.runs>/<category>/cache/sam``: beside the stage's folder, not in it, so the
-    embeddings outlive a run whose folder is replaced (they are keyed by content and never go stale)."""
-    return Path(cfg.sam.cache_dir) if cfg.sam.cache_dir else Path(cfg.paths.runs) / cfg.category / "cache" / "sam"
+    """The workspace's embedding cache (``sam.cache_dir``, else ``runs/<category>/cache/sam``): beside the stage's
+    folder, not in it, so the embeddings outlive a run whose folder is replaced (keyed by content, never stale)."""
+    return Workspace.from_config(cfg).sam_cache
 
 
-def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False,
+def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool = False,
                      detections: Path | None = None,
                      on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Run the stage; return the metrics written to ``out/metrics.json`` (None on ranks other than 0)."""
     s = cfg.sam
-    out = Path(out)
+    out, dataset = Path(out), Dataset.of(dataset)
+    files = SamFiles(out)
     phases = Phases()
-    d, device, record = start("sam", cfg, dataset_dir)
+    d, device, record = start("sam", cfg, dataset)
     seed_everything(cfg.seed)
     with phases("setup"):
-        items = {split: load_split(dataset_dir, split) for split in ("train", "val", "test")}
+        items = {split: load_split(dataset, split) for split in ("train", "val", "test")}
         names = items["test"][1]
         source = locate(s.model, Path(cfg.paths.weights), cfg.allow_random_init, cfg.seed)
         sam = build(source, cfg.seed).to(device).eval()
@@ -60,21 +66,19 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         cache = EmbeddingCache(cache_dir(cfg), source.key, s.cache)
     # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
     guard_resume("sam", cfg, out, d.main, resume, {
-        **training_data(dataset_dir, ["splits.json", *(f"coco/annotations/instances_{x}.json" for x in items)],
+        **training_data(dataset, [dataset.splits, *(dataset.coco.annotations(x) for x in items)],
                         ((f"{x}/{it.name}", it.digest) for x, (its, _) in items.items() for it in its)),
         "weights": source.key}, ignore=["sam.cache_dir"])
     if d.main and not resume:
-        for stale in ("last.pt", "decoder.pt"):
-            (out / stale).unlink(missing_ok=True)
+        for stale in (files.last, files.decoder):
+            stale.unlink(missing_ok=True)
     if d.main:
-        (out / "metrics.json").unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
-    truth = load_truth(Path(dataset_dir) / "coco" / "annotations" / "instances_test.json") if d.main else None
+        files.metrics.unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
+    truth = load_truth(dataset.coco.annotations("test")) if d.main else None
     test = items["test"][0]
 
-    caveats = [] if source.provenance["pretrained"] else [
-        f"SAM {s.model} is randomly initialised (no pretrained checkpoint): zero-shot numbers measure an untrained "
-        f"network"]
-    baseline_file = out / "zero_shot.json"
+    caveats = untrained([source.provenance])  # in the provenance block's words
+    baseline_file = files.zero_shot
     with phases("zero_shot"):
         if resume and baseline_file.is_file():
             zero_shot = read_json(baseline_file)
@@ -84,7 +88,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
             write_json(baseline_file, zero_shot)
             _headline("zero-shot (GT boxes)", zero_shot)
     if caveats and d.main:
-        loud("Zero-shot SAM: " + "; ".join(caveats) + ".")
+        log.warning("Zero-shot SAM measures an untrained model: " + "; ".join(caveats) + ".", extra=LOUD)
 
     with phases("train"):
         history = fit(sam, items["train"][0], items["val"][0], s, device, cfg.seed, cache, out, d, resume,
@@ -92,7 +96,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
     if not d.main:
         distributed.shutdown(d)
         return None
-    decoder = out / "decoder.pt"
+    decoder = files.decoder
     sam.load_state_dict(torch.load(decoder, map_location=device, weights_only=True), strict=False)
     sam.eval()
     if s.unfreeze_blocks:  # the encoder changed: its embeddings need their own key
@@ -101,7 +105,7 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
     with phases("evaluate"):
         finetuned, masks = evaluate.score(predictor, test, cache, names, truth)
         _headline("fine-tuned (GT boxes)", finetuned)
-        det_path = Path(detections) if detections else Path(cfg.paths.runs) / cfg.category / "yolo" / "detections_test.json"
+        det_path = Path(detections) if detections else Workspace.from_config(cfg).yolo.detections()
         detector = None
         if det_path.is_file():
             detector, _ = evaluate.score(predictor, test, cache, names, truth,
@@ -109,11 +113,11 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
             detector.update({"detections": str(det_path), "conf": s.detector_conf})
             _headline("fine-tuned (YOLO boxes)", detector)
         else:
-            info(f"{det_path}: no YOLO detections; run `pipe finetune yolo` first for the detect-then-segment result")
-        with atomic_dir(out / "overlays") as tmp:
+            log.info(f"{det_path}: no YOLO detections; run `pipe finetune yolo` first for the detect-then-segment result")
+        with atomic_dir(files.overlays) as tmp:
             overlays = evaluate.write_overlays(tmp, test, masks, names, s.overlays)
     metrics = {
-        **record,
+        **attest(record, [source.provenance]),
         "weights": source.provenance,
         "zero_shot": zero_shot,
         "finetuned": finetuned,
@@ -125,9 +129,9 @@ def run_finetune_sam(cfg: Config, dataset_dir: Path, out: Path, resume: bool = F
         "decoder_weights": {"file": str(decoder), "sha256": file_digest(decoder),
                             "load": "sam.load_state_dict(torch.load(file), strict=False)"},
         "cache": {"dir": str(cache.folder), "enabled": cache.enabled, **cache.counts()},
-        "overlays": [str(out / "overlays" / p.name) for p in overlays],
+        "overlays": [str(files.overlays / p.name) for p in overlays],
         "timing_s": phases.record(),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(files.metrics, metrics)
     distributed.shutdown(d)
     return metrics

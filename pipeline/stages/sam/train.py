@@ -9,6 +9,7 @@ instances teach nothing to a box-prompted decoder and are left out of training (
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +21,6 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from pipeline.config import SamConfig
-from pipeline.console import info
 from pipeline.errors import PipeError
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import Item, embedding, prepare
@@ -31,6 +31,9 @@ from pipeline.training import distributed
 from pipeline.training.optim import adamw, warmup_cosine
 from pipeline.training.sampling import ShardedSampler
 from pipeline.training.state import rng_state, save, seed_everything, set_rng_state
+from pipeline.workspace import SamFiles
+
+log = logging.getLogger(__name__)
 
 
 class PromptedSam(nn.Module):
@@ -113,7 +116,8 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
     optimizer = adamw([p for p in sam.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps), cfg.epochs * steps)
     state: dict[str, Any] = {"epoch": 0, "best_iou": -1.0, "best_epoch": None, "history": []}
-    last = out / "last.pt"
+    files = SamFiles(out)
+    last = files.last
     if resume and last.is_file():
         try:
             ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -125,7 +129,7 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
         except Exception as exc:  # damaged, or written by a pipe whose schedule or layout differed
             raise PipeError(f"{last}: cannot resume from this checkpoint ({type(exc).__name__}: {exc}); it is damaged "
                             f"or from another pipe version: run without --resume to start afresh") from None
-        info(f"resuming SAM fine-tuning from epoch {state['epoch'] + 1} of {cfg.epochs}")
+        log.info(f"resuming SAM fine-tuning from epoch {state['epoch'] + 1} of {cfg.epochs}")
     else:  # the same random state whether or not this process ran the zero-shot phase first (a resumed one skips it)
         seed_everything(seed)
 
@@ -180,12 +184,12 @@ def fit(sam: Sam, train_items: list[Item], val_items: list[Item], cfg: SamConfig
         if score > state["best_iou"]:
             state["best_iou"], state["best_epoch"] = score, epoch + 1
             if d.main:
-                save(out / "decoder.pt", trainable_state(sam))
+                save(files.decoder, trainable_state(sam))
         if d.main:
             save(last, {"trainable": trainable_state(sam), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "rng": rng_state(), "state": state})
-        info(f"SAM epoch {epoch + 1}/{cfg.epochs}: loss {row.get('loss', 0):.4f}, val IoU {score:.4f}, "
-             f"{row['seconds']} s, cache {row['cache_hits']} hits / {row['cache_misses']} misses")
+        log.info(f"SAM epoch {epoch + 1}/{cfg.epochs}: loss {row.get('loss', 0):.4f}, val IoU {score:.4f}, "
+                 f"{row['seconds']} s, cache {row['cache_hits']} hits / {row['cache_misses']} misses")
         if on_epoch_end:
             on_epoch_end(row)
     distributed.barrier(d)

@@ -19,6 +19,7 @@ from pipeline.io import write_text
 from pipeline.stages.common import require
 from pipeline.stages.yolo.prompts import TextEmbeddings
 from pipeline.stages.yolo.trainer import CLASS_EMBEDDINGS
+from pipeline.workspace import Dataset, YoloFiles
 
 SPLITS = ("train", "val", "test")
 
@@ -42,26 +43,27 @@ def _check_labels(label_dir: Path, nc: int) -> None:
                                 f"re-run `pipe convert`")
 
 
-def prepare(dataset_dir: Path, out: Path, prompts: dict[str, list[str]], embeddings: TextEmbeddings) -> DetData:
+def prepare(dataset: Dataset | Path, out: Path, prompts: dict[str, list[str]], embeddings: TextEmbeddings) -> DetData:
     """Check the converted dataset against the configured classes and write the stage's data files."""
-    category = Path(dataset_dir).name
+    dataset = Dataset.of(dataset)
+    category = dataset.root.name
     fix = f"run `pipe convert {category}` first"
-    det = Path(dataset_dir) / "yolo-det"
-    converted = yaml.safe_load(require(det / "data.yaml", "converted YOLO dataset", fix).read_text(encoding="utf-8"))
+    det = dataset.yolo_det
+    converted = yaml.safe_load(require(det.data_yaml, "converted YOLO dataset", fix).read_text(encoding="utf-8"))
     names = [str(converted["names"][i]) for i in sorted(converted["names"])]
     if names != list(prompts):
-        raise DataError(f"{det / 'data.yaml'}: classes {names} differ from the configured {list(prompts)}; "
+        raise DataError(f"{det.data_yaml}: classes {names} differ from the configured {list(prompts)}; "
                         f"re-run `pipe convert {category}`")
-    coco_test = require(Path(dataset_dir) / "coco" / "annotations" / "instances_test.json", "COCO test annotations", fix)
-    data = Path(out) / "data"
+    coco_test = require(dataset.coco.annotations("test"), "COCO test annotations", fix)
+    data = YoloFiles(Path(out)).data
     images: dict[str, list[Path]] = {}
     for split in SPLITS:
-        folder = require(det / "images" / split, f"{split} images", fix)
+        folder = require(det.images(split), f"{split} images", fix)
         images[split] = sorted(p.absolute() for p in folder.iterdir() if p.suffix.lower() == ".png")
         if not images[split]:
             raise DataError(f"{folder}: no images in the {split} split; re-run `pipe convert {category}` with "
                             f"more data or other convert.split ratios")
-        _check_labels(det / "labels" / split, len(names))
+        _check_labels(det.labels(split), len(names))
         write_text(data / f"{split}.txt", "".join(f"{p}\n" for p in images[split]))
     doc = {"path": str(data.absolute()), **{s: f"{s}.txt" for s in SPLITS}, "nc": len(names),
            "names": {i: "/".join(prompts[n]) for i, n in enumerate(names)}}

@@ -10,6 +10,7 @@ works, but it carries no language: a zero-shot number measured with it means not
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 
 import torch
 
-from pipeline.console import loud
+from pipeline.console import LOUD
 from pipeline.errors import WeightsError
 from pipeline.fetch import file_digest
+
+log = logging.getLogger(__name__)
 
 ULTRALYTICS_CACHE = "text_embeddings_clip_ViT-B_32.pt"  # the name WorldTrainer reads beside its images
 DIM = 512  # CLIP ViT-B/32 text width, which YOLO-World's heads expect
@@ -121,6 +124,7 @@ def load_text_embeddings(phrases: Sequence[str], weights_dir: Path, cache_file: 
             raise WeightsError(f"no CLIP text encoder for the class prompts: put {spec.filename} or {ULTRALYTICS_CACHE} "
                                f"in {weights_dir}/, or pass --allow-random-init for a deterministic stand-in "
                                f"({exc})") from None
-    loud("No CLIP weights and no text-embeddings cache: class prompts get DETERMINISTIC STAND-IN embeddings. "
-         "Fine-tuning still separates the classes, but zero-shot detection is meaningless.")
+    log.warning("No CLIP weights and no text-embeddings cache: class prompts get DETERMINISTIC STAND-IN "
+                "embeddings. Fine-tuning still separates the classes, but zero-shot detection is meaningless.",
+                extra=LOUD)
     return TextEmbeddings({p: fallback_vector(p) for p in phrases}, "deterministic-fallback", None, None)

@@ -13,6 +13,7 @@ same weights and numbers as an uninterrupted run (see ``checkpoint`` for the con
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +22,23 @@ from typing import Any
 import torch
 
 from pipeline.config import Config
-from pipeline.console import info, loud
+from pipeline.console import LOUD
 from pipeline.data.categories import get_category
 from pipeline.device import select_device
 from pipeline.errors import DataError, PipeError
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json, write_text
-from pipeline.stages.common import Phases, guard_resume, require, stage_record, training_data
+from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, untrained
+from pipeline.stages.common import Phases, attest, guard_resume, require, stage_record, training_data
 from pipeline.stages.yolo import checkpoint as ck, evaluate, model as world
 from pipeline.stages.yolo.data import DetData, prepare
 from pipeline.stages.yolo.prompts import TextEmbeddings, class_prompts, load_text_embeddings
 from pipeline.stages.yolo.trainer import PromptWorldTrainer, set_prompts
 from pipeline.training.state import save
 from pipeline.weights import Resolved, resolve
+from pipeline.workspace import Dataset, YoloFiles
+
+log = logging.getLogger(__name__)
 
 
 def ultralytics_device(spec: str, selected: str) -> str:
@@ -65,33 +70,33 @@ def _score(model: torch.nn.Module, feats: torch.Tensor, det: DetData, cfg: Confi
     metrics = evaluate.validate(model, det.data_yaml, det.names, y.imgsz, y.batch, y.eval_conf, y.iou, device)
     boxes, latency = evaluate.predict(model, det.images["test"], y.imgsz, y.eval_conf, y.iou, device)
     detections, coco = evaluate.score_detections(boxes, det.coco_test, det.names)
-    path = write_json(out / f"detections_test{tag}.json", detections)
+    path = write_json(YoloFiles(out).detections(tag), detections)
     metrics.update({"coco": coco, "latency_ms": round(latency, 3), "detections": str(path)})
-    info(f"{tag.strip('_') or 'fine-tuned'}: test mAP50 {metrics['map50']:.3f}, mAP50-95 {metrics['map50_95']:.3f} "
-         f"(pycocotools {coco['map50']:.3f} / {coco['map']:.3f})")
+    log.info(f"{tag.strip('_') or 'fine-tuned'}: test mAP50 {metrics['map50']:.3f}, mAP50-95 {metrics['map50_95']:.3f} "
+             f"(pycocotools {coco['map50']:.3f} / {coco['map']:.3f})")
     return metrics, boxes
 
 
+def _own_caveats(embeddings: TextEmbeddings) -> list[str]:
+    """What only this stage can say about its numbers (the provenance block adds data and weights)."""
+    return [] if embeddings.meaningful else [STAND_IN_TEXT_EMBEDDINGS]
+
+
 def _zero_shot_caveats(weights: Resolved, embeddings: TextEmbeddings) -> list[str]:
-    notes = []
-    if weights.random_init:
-        notes.append("the detector is randomly initialised (no pretrained YOLO-World weights): zero-shot numbers "
-                     "measure an untrained network")
-    if not embeddings.meaningful:
-        notes.append("class prompts use deterministic stand-in embeddings (no CLIP weights or cache): they carry "
-                     "no language, so zero-shot detection cannot work")
-    return notes
+    """Why the untouched model's numbers mean nothing, in the provenance block's words: its weights, its prompts."""
+    return untrained([weights.provenance]) + _own_caveats(embeddings)
 
 
-def data_identity(dataset_dir: Path, weights: Resolved, embeddings: TextEmbeddings) -> dict[str, Any]:
+def data_identity(dataset: Dataset, weights: Resolved, embeddings: TextEmbeddings) -> dict[str, Any]:
     """What training reads besides the config: the splits, the boxes (labels by content, images by name and
     size; not the ``labels/*.cache`` ultralytics writes beside them), the starting weights and the text
     embeddings. A resume under other ones is refused."""
-    det = Path(dataset_dir) / "yolo-det"
-    require(det / "data.yaml", "converted YOLO dataset", f"run `pipe convert {Path(dataset_dir).name}` first")
-    files = [*(det / "labels").rglob("*.txt"), *(p for p in (det / "images").rglob("*") if p.is_file())]
-    boxes = ((str(f.relative_to(det)), file_digest(f) if f.suffix == ".txt" else str(f.stat().st_size)) for f in files)
-    return {**training_data(dataset_dir, ["splits.json", "yolo-det/data.yaml"], boxes),
+    det = dataset.yolo_det
+    require(det.data_yaml, "converted YOLO dataset", f"run `pipe convert {dataset.root.name}` first")
+    files = [*det.labels_root.rglob("*.txt"), *(p for p in det.images_root.rglob("*") if p.is_file())]
+    boxes = ((str(f.relative_to(det.root)), file_digest(f) if f.suffix == ".txt" else str(f.stat().st_size))
+             for f in files)
+    return {**training_data(dataset, [dataset.splits, det.data_yaml], boxes),
             "weights": {"source": weights.source, "sha256": weights.sha256},
             "text_embeddings": {"source": embeddings.source, "sha256": embeddings.sha256}}
 
@@ -116,19 +121,19 @@ def _trim_results(csv_path: Path, epochs_done: int) -> None:
         write_text(csv_path, "".join(kept))
 
 
-def _train(overrides: dict[str, Any], train_dir: Path, resume: bool,
+def _train(overrides: dict[str, Any], files: YoloFiles, resume: bool,
            callbacks: dict[str, list[Callable]] | None) -> dict[str, Any]:
-    last = train_dir / "weights" / "last.pt"
+    train_dir, last = files.train, files.last
     resumed_from = None
     if resume:
         ckpt = _read_checkpoint(last)
         epoch = int(ckpt.get("epoch", -1))
         if epoch == -1 or ck.loop_done(ckpt, overrides["epochs"]):
             ck.finalize(last.parent)  # a kill may have come between the last save and ultralytics' final strip
-            info(f"{last}: training had already finished; going on to evaluation")
+            log.info(f"{last}: training had already finished; going on to evaluation")
             return {"resumed_from_epoch": None, "finished_before": True}
         resumed_from = epoch + 1
-        _trim_results(train_dir / "results.csv", resumed_from)
+        _trim_results(files.results_csv, resumed_from)
         overrides = {**overrides, "resume": str(last), "save_dir": str(train_dir.absolute())}
     trainer = PromptWorldTrainer(overrides=overrides)
     for event, fns in (callbacks or {}).items():
@@ -159,33 +164,34 @@ def _publish(src: Path, dst: Path, start: str) -> Path:
     return save(dst, ckpt)
 
 
-def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = False,
+def run_finetune_yolo(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool = False,
                       callbacks: dict[str, list[Callable]] | None = None) -> dict[str, Any]:
     """Run the stage end to end and return what it wrote to ``out/metrics.json``."""
     phases = Phases()
     y = cfg.yolo
-    out = Path(out)
+    out, dataset = Path(out), Dataset.of(dataset)
+    files = YoloFiles(out)
     device = select_device(cfg.device)
-    record = stage_record("yolo", cfg, device, dataset_dir)  # fails first on a missing converted dataset
+    record = stage_record("yolo", cfg, device, dataset)  # fails first on a missing converted dataset
     prompts = class_prompts(cfg.classes, get_category(cfg.category).defects)
     with phases("setup"):
         weights = resolve(y.model, cfg.paths.weights, cfg.allow_random_init)
         embeddings = load_text_embeddings([p for ps in prompts.values() for p in ps], Path(cfg.paths.weights),
                                           y.text_embeddings, cfg.allow_random_init, device)
-        train_dir = out / "train"
-        if resume and not (train_dir / "weights" / "last.pt").is_file():
-            info(f"nothing to resume in {train_dir}; starting afresh")
+        train_dir = files.train
+        if resume and not files.last.is_file():
+            log.info(f"nothing to resume in {train_dir}; starting afresh")
             resume = False
         # before anything in out changes: a resume under other settings or data is refused with their names
-        guard_resume("yolo", cfg, out, True, resume, data_identity(dataset_dir, weights, embeddings))
-        det = prepare(dataset_dir, out, prompts, embeddings)
+        guard_resume("yolo", cfg, out, True, resume, data_identity(dataset, weights, embeddings))
+        det = prepare(dataset, out, prompts, embeddings)
         feats = embeddings.classes(prompts)
     if not resume:
         shutil.rmtree(train_dir, ignore_errors=True)
-    (out / "metrics.json").unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
+    files.metrics.unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
 
     caveats = _zero_shot_caveats(weights, embeddings)
-    baseline_file = out / "zero_shot.json"
+    baseline_file = files.zero_shot
     with phases("zero_shot"):
         if resume and baseline_file.is_file():
             zero_shot = read_json(baseline_file)
@@ -195,26 +201,26 @@ def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = 
             zero_shot.update({"meaningful": not caveats, "caveats": caveats})
             write_json(baseline_file, zero_shot)
     if caveats:
-        loud("Zero-shot baseline: " + "; ".join(caveats) + ".")
+        log.warning("Zero-shot baseline measures an untrained model: " + "; ".join(caveats) + ".", extra=LOUD)
 
     with phases("train"):
         training = _train(train_overrides(cfg, det, weights, out, ultralytics_device(cfg.device, device)),
-                          train_dir, resume, callbacks)
-    best_src = train_dir / "weights" / "best.pt"
+                          files, resume, callbacks)
+    best_src = files.last.with_name("best.pt")
     if not best_src.is_file():
         raise DataError(f"{best_src}: training wrote no best checkpoint; see {train_dir} for ultralytics' log")
-    best = _publish(best_src, out / "best.pt", world.source(weights))
+    best = _publish(best_src, files.best, world.source(weights))
 
     with phases("evaluate"):
         tuned_model = world.load(best)
         finetuned, boxes = _score(tuned_model, feats, det, cfg, device, "", out)
         finetuned["from_pretrained"] = not weights.random_init
         truth = evaluate.truth_boxes(det.coco_test)
-        with atomic_dir(out / "overlays") as tmp:
+        with atomic_dir(files.overlays) as tmp:
             overlays = evaluate.write_overlays(tmp, boxes, {p.name: p for p in det.images["test"]}, truth,
                                                det.names, y.conf, y.overlays)
     metrics = {
-        **record,
+        **attest(record, [weights.provenance], _own_caveats(embeddings)),
         "weights": weights.provenance,
         "text_embeddings": embeddings.provenance,
         "prompts": prompts,
@@ -222,10 +228,10 @@ def run_finetune_yolo(cfg: Config, dataset_dir: Path, out: Path, resume: bool = 
         "finetuned": finetuned,
         "delta_map50": round(finetuned["map50"] - zero_shot["map50"], 5),
         "train": {**training, "images": len(det.images["train"]), "val_images": len(det.images["val"]),
-                  "results_csv": str(train_dir / "results.csv")},
+                  "results_csv": str(files.results_csv)},
         "best_weights": {"file": str(best), "sha256": file_digest(best)},
-        "overlays": [str(out / "overlays" / p.name) for p in overlays],
+        "overlays": [str(files.overlays / p.name) for p in overlays],
         "timing_s": phases.record(),
     }
-    write_json(out / "metrics.json", metrics)
+    write_json(files.metrics, metrics)
     return metrics

@@ -15,6 +15,7 @@ a step due mid-epoch would otherwise move).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from ultralytics.models.yolo.world import train as world_train
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from pipeline.console import warn
 from pipeline.stages.yolo import checkpoint as ck
 from pipeline.training.state import rng_state, save, set_rng_state
+
+log = logging.getLogger(__name__)
 
 CLASS_EMBEDDINGS = "class_embeddings.pt"  # {"names": [...], "feats": (1, nc, 512)}, written beside data.yaml
 
@@ -174,15 +176,15 @@ class PromptWorldTrainer(world_train.WorldTrainer):
             if state.get("epoch") != self.start_epoch - 1:
                 raise ValueError(f"it holds epoch {state.get('epoch')}")
         except Exception as e:  # noqa: BLE001 - missing, truncated, foreign: all mean "not usable"
-            warn(f"{path}: no exact training state ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                 f"resuming from last.pt alone, which ultralytics rounds to float16: the result will differ "
-                 f"slightly from an uninterrupted run")
+            log.warning(f"{path}: no exact training state ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        f"resuming from last.pt alone, which ultralytics rounds to float16: the result will "
+                        f"differ slightly from an uninterrupted run")
             return
         try:
             self._apply(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # a state this model cannot take
-            warn(f"{path}: could not restore the exact training state ({str(e).splitlines()[0]}); continuing "
-                 f"from what was restored, which may differ slightly from an uninterrupted run")
+            log.warning(f"{path}: could not restore the exact training state ({str(e).splitlines()[0]}); "
+                        f"continuing from what was restored, which may differ slightly from an uninterrupted run")
 
     def _apply(self, state: dict[str, Any]) -> None:
         model = unwrap_model(self.model)
