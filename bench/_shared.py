@@ -19,6 +19,9 @@ from pipeline.convert.run import run_convert  # noqa: E402
 from pipeline.data.layout import Category, load_category  # noqa: E402
 from pipeline.data.synth import synthesize  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+from pipeline.console import setup_logging  # noqa: E402
+
+setup_logging()  # a bench is an application: pipe's log records reach the console as under the CLI
 
 
 def interleaved(repeat: int, methods: dict[str, Callable[[], object]], warmup: bool = False) -> dict[str, list[float]]:

@@ -4,8 +4,10 @@ The package mirrors the pipeline: ``data`` (layout, validation, synthetic data, 
 converters, the training stages and the report. ``config``, ``weights`` and ``device`` are shared by all.
 """
 
+import logging
+
 __version__ = "0.1.0"
 
-# Modules log through ``logging.getLogger(__name__)``; the ``pipeline`` logger prints them on the console
-# from the first import on, whether or not the CLI runs (see ``pipeline.console``).
-from pipeline import console as _console  # noqa: F401
+# Library modules log through ``logging.getLogger(__name__)``, all under ``pipeline``; the application (the
+# CLI, a bench script, or a notebook calling ``pipeline.console.setup_logging()``) decides where records go.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

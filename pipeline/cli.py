@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from pipeline.console import console, info
+from pipeline.console import console, info, setup_logging
 from pipeline.errors import PipeError
+
+setup_logging()  # the CLI is the application: it sends pipe's log records to the rich console
 
 if TYPE_CHECKING:  # annotations only: the CLI imports these lazily, so `pipe --help` stays fast
     from pipeline.config import Config

@@ -101,9 +101,6 @@ def setup_logging() -> logging.Logger:
     return logger
 
 
-setup_logging()  # library functions called without the CLI (tests, notebooks) still print as before
-
-
 def info(message: str) -> None:
     """The CLI's own messages (library modules log through ``logging.getLogger(__name__)``)."""
     logging.getLogger(f"{LOGGER}.cli").info(message)

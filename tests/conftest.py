@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.console import setup_logging
 from pipeline.data.synth import synthesize
+
+setup_logging()  # the tests call library functions directly: their messages reach stderr as under the CLI
 
 REAL_MVTEC_ROOT = str(Path(os.environ["MVTEC_ROOT"]).resolve()) if os.environ.get("MVTEC_ROOT") else None
 TINY = dict(size=64, train_good=6, test_good=2, test_per_defect=3, seed=0)

@@ -123,3 +123,18 @@ def test_messages_reach_captured_stderr_without_the_cli(capsys):
     logging.getLogger("pipeline.stages.classify.train").debug("not for the terminal")
     err = capsys.readouterr().err
     assert "WARNING a count mismatch" in err and "not for the terminal" not in err
+
+
+def test_the_library_attaches_no_console_handler_the_cli_does():
+    """A library leaves the choice of handlers to the application: importing pipe's modules adds only a
+    NullHandler; importing the CLI attaches the rich console handler."""
+    import subprocess
+    import sys
+
+    probe = ("import logging, {mod}; print(sorted(type(h).__name__ for h in logging.getLogger('pipeline').handlers))")
+    lib = subprocess.run([sys.executable, "-c", probe.format(mod="pipeline.data.layout")], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    cli = subprocess.run([sys.executable, "-c", probe.format(mod="pipeline.cli")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert lib == "['NullHandler']"
+    assert cli == "['ConsoleHandler', 'NullHandler']"
