@@ -58,7 +58,7 @@ Root = Annotated[
     typer.Option("--root", help="MVTec AD root holding <category>/ (default: $MVTEC_ROOT, else datasets/mvtec)."),
 ]
 FallbackSynthetic = Annotated[
-    bool, typer.Option("--fallback-synthetic", help="If the category is not under the data root, generate and use the "
+    bool, typer.Option("--fallback-synthetic/--no-fallback-synthetic", help="If the category is not under the data root, generate and use the "
                                                      "synthetic stand-in (loudly).")
 ]
 Device = Annotated[
@@ -70,8 +70,9 @@ AllowRandomInit = Annotated[
                                  help="Without pretrained weights, train from random init (recorded loudly) "
                                       "instead of stopping.", show_default=False)
 ]
-Dataset = Annotated[Optional[Path], typer.Option(help="Converted dataset folder (default: datasets/<category>).")]
-Force = Annotated[bool, typer.Option("--force", help="Run even if the outputs are up to date with the inputs and config "
+DatasetOpt = Annotated[Optional[Path], typer.Option("--dataset", help="Converted dataset folder (default: where "
+                                                                      "`pipe convert` last wrote it, datasets/<category>).")]
+Force = Annotated[bool, typer.Option("--force/--no-force", help="Run even if the outputs are up to date with the inputs and config "
                                           "(also PIPE_FORCE=1).")]
 NprocPerNode = Annotated[int, typer.Option("--nproc-per-node", help="Train with DDP in N processes (relaunches "
                                                                     "under torchrun; NCCL on CUDA, gloo on CPU).")]
@@ -208,8 +209,8 @@ def _shared(stage: Stage | None) -> list[inspect.Parameter]:
     if stage is not None and stage.ddp:
         out.append(_parameter("nproc_per_node", NprocPerNode, 1))
     if stage is not None and stage.trains:
-        resume = Annotated[bool, typer.Option("--resume", help=stage.resume_help)]
-        out += [_parameter("resume", resume, False), _parameter("dataset", Dataset, None)]
+        resume = Annotated[bool, typer.Option("--resume/--no-resume", help=stage.resume_help)]
+        out += [_parameter("resume", resume, False), _parameter("dataset", DatasetOpt, None)]
     if trains:
         out += [_parameter("device", Device, None), _parameter("seed", Seed, None),
                 _parameter("allow_random_init", AllowRandomInit, None)]
@@ -235,7 +236,7 @@ def _signed(fn: Callable[..., None], name: str, doc: str, params: list[inspect.P
     return fn
 
 
-def _workspace_config(category: str, values: dict[str, Any], keys: dict[str, Any]) -> Config:
+def _command_config(category: str, values: dict[str, Any], keys: dict[str, Any]) -> Config:
     """The config for one command: files, profile and --set, then the direct options as the last overrides."""
     direct = {"root": values.get("root"), "device": values.get("device"), "seed": values.get("seed"),
               "allow_random_init": values.get("allow_random_init"), **keys}
@@ -252,7 +253,7 @@ def _stage_command(stage: Stage) -> Callable[..., None]:
 
         keys = {o.key: (o.parse(values[o.name]) if o.parse else values[o.name])
                 for o in stage.options if o.key and values.get(o.name) is not None}
-        cfg = _workspace_config(category, values, keys)
+        cfg = _command_config(category, values, keys)
         ws = Workspace.from_config(cfg, {stage.name: values.get("out"), "dataset": values.get("dataset")})
         ctx = StageContext(cfg, ws, ws.target(stage.name), {o.name: values.get(o.name) for o in stage.options},
                            values.get("resume", False), values.get("fallback_synthetic", False))
@@ -262,11 +263,16 @@ def _stage_command(stage: Stage) -> Callable[..., None]:
 
 
 def _all(category: str = "bottle", **values: Any) -> None:
+    import os
+
     from pipeline.registry import STAGES, StageContext
     from pipeline.runner import run_stage
     from pipeline.workspace import Workspace
 
-    cfg = _workspace_config(category, values, {})
+    if "WORLD_SIZE" in os.environ:
+        raise PipeError("pipe all runs every stage in one process and cannot run under torchrun; run the training "
+                        "stages with --nproc-per-node N instead (e.g. `pipe finetune sam bottle --nproc-per-node 2`)")
+    cfg = _command_config(category, values, {})
     ws = Workspace.from_config(cfg)
     start = time.perf_counter()
     for stage in STAGES:

@@ -289,9 +289,9 @@ def load_config(
     if category_file.is_file():
         layers.append((str(category_file), read_yaml(category_file)))
     if profile == "auto":  # the full recipe where there is a GPU, the CPU-sized one elsewhere
-        from pipeline.device import cuda_available  # torch-free where CUDA is surely absent
+        from pipeline.device import cuda_ruled_out  # torch-free: a skip must not import torch to pick a profile
 
-        profile = "full" if cuda_available() else "cpu"
+        profile = "full" if cuda_ruled_out() is None else "cpu"
     if profile:
         profile_file = CONFIG_DIR / "profiles" / f"{profile}.yaml"
         if not profile_file.is_file():

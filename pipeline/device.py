@@ -54,6 +54,22 @@ def select_device(spec: str = "auto") -> str:
     return f"cuda:{index}"
 
 
+def device_key(spec: str = "auto") -> str:
+    """What ``select_device(spec)`` will answer, said without importing torch: the device part of a stage's
+    up-to-date key, so a skip costs no torch import even on a GPU machine. ``auto`` counts as ``cuda:0`` where
+    ``cuda_ruled_out`` cannot rule CUDA out (on a machine with a loaded driver whose CUDA still fails, the key
+    says cuda while the run falls back: the key stays a fixed function of machine and config, which is all a
+    skip needs). Nothing is validated here: the stage validates its device when it runs."""
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        return "cuda:0" if cuda_ruled_out() is None else "cpu"
+    if spec in ("cpu", "mps"):
+        return spec
+    if spec.startswith("cuda"):
+        return spec if ":" in spec else "cuda:0"
+    return f"cuda:{spec.split(',')[0]}" if spec.replace(",", "").isdigit() else spec
+
+
 def cuda_available() -> bool:
     """``torch.cuda.is_available()``, without importing torch (seconds) where the answer is surely no.
 

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.workspace import ReportFiles, StatsFiles, Workspace
+from pipeline.workspace import ClassifyFiles, Dataset, ReportFiles, SamFiles, StatsFiles, Workspace, YoloFiles
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -48,7 +48,6 @@ class StageContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     resume: bool = False
     fallback_synthetic: bool = False
-    work: Path | None = None  # set when it runs: ``folder`` itself, or its staging folder (``staged`` stages)
 
 
 @dataclass(frozen=True)
@@ -57,13 +56,16 @@ class Stage:
     command: tuple[str, ...]  # ("convert",) or ("finetune", "yolo")
     help: str
     sections: tuple[str, ...]  # the config it reads: a change anywhere else does not make it stale
-    run: Callable[[StageContext], dict[str, Any] | None]
+    # (context, work folder): the work folder is the output itself, or its staging folder (``staged`` stages)
+    run: Callable[[StageContext, Path], dict[str, Any] | None]
     inputs: Callable[[StageContext], list[Path]]  # what its up-to-date key hashes
     outputs: Callable[[Path], list[Path]]  # from the stage's folder: what must be present and unchanged to skip
     out_help: str
     done: Callable[[StageContext, dict[str, Any]], None] | None = None  # the lines said when it finishes
-    writes: str = "in_place"  # in_place | atomic | staged (see ``runner``)
+    result: Callable[[Path], Path] | None = None  # from the stage's folder: the file the report reads
+    writes: Literal["in_place", "atomic", "staged"] = "in_place"  # see ``runner.guarded``
     reads_source: bool = False  # reads the MVTec category: --root and --fallback-synthetic
+    reads_dataset: bool = False  # reads the converted dataset (which its output must then not overlap)
     trains: bool = False  # --device, --seed, --allow-random-init, --resume, --dataset; device in its key
     ddp: bool = False  # --nproc-per-node
     accepts: tuple[str, ...] = ()  # other commands' folders it may write into (the report: the workspace)
@@ -77,7 +79,7 @@ class Stage:
 
 # --- run functions: each imports its stage's module only when the stage runs --------------------------
 
-def _stats(ctx: StageContext) -> dict[str, Any]:
+def _stats(ctx: StageContext, work: Path) -> dict[str, Any]:
     import json
     import sys
 
@@ -88,7 +90,7 @@ def _stats(ctx: StageContext) -> dict[str, Any]:
 
     card = dataset_card(open_category(data_source(ctx.cfg), ctx.fallback_synthetic), ctx.cfg.classes,
                         environment=environment("cpu"))  # measured on the CPU; recorded like every output
-    write_card(card, ctx.work)  # type: ignore[arg-type]
+    write_card(card, work)
     if ctx.options.get("as_json"):
         sys.stdout.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
     else:
@@ -100,7 +102,7 @@ def _stats(ctx: StageContext) -> dict[str, Any]:
     return card
 
 
-def _convert(ctx: StageContext) -> dict[str, Any]:
+def _convert(ctx: StageContext, work: Path) -> dict[str, Any]:
     from pipeline.convert.instances import ConvertParams
     from pipeline.convert.run import run_convert
     from pipeline.data.source import open_category
@@ -111,33 +113,33 @@ def _convert(ctx: StageContext) -> dict[str, Any]:
     params = ConvertParams(c.merge_distance, c.min_area, c.simplify, c.coco_min_iou, c.yolo_seg_min_iou)
     cat = open_category(data_source(ctx.cfg), ctx.fallback_synthetic)
     # conversion runs on the CPU; environment("cpu") reads the versions without importing torch
-    return run_convert(cat, ctx.work, params, c.split.model_dump(), ctx.cfg.seed, c.add_train_good, c.link,
+    return run_convert(cat, work, params, c.split.model_dump(), ctx.cfg.seed, c.add_train_good, c.link,
                        c.workers, c.preview, environment=environment("cpu"))
 
 
-def _yolo(ctx: StageContext) -> dict[str, Any]:
+def _yolo(ctx: StageContext, work: Path) -> dict[str, Any]:
     from pipeline.stages.yolo.run import run_finetune_yolo
 
-    return run_finetune_yolo(ctx.cfg, ctx.ws.dataset, ctx.work, resume=ctx.resume)
+    return run_finetune_yolo(ctx.cfg, ctx.ws.dataset, work, resume=ctx.resume)
 
 
-def _sam(ctx: StageContext) -> dict[str, Any] | None:
+def _sam(ctx: StageContext, work: Path) -> dict[str, Any] | None:
     from pipeline.stages.sam.run import run_finetune_sam
 
-    return run_finetune_sam(ctx.cfg, ctx.ws.dataset, ctx.work, resume=ctx.resume,
+    return run_finetune_sam(ctx.cfg, ctx.ws.dataset, work, resume=ctx.resume,
                             detections=_detections(ctx))
 
 
-def _classify(ctx: StageContext) -> dict[str, Any] | None:
+def _classify(ctx: StageContext, work: Path) -> dict[str, Any] | None:
     from pipeline.stages.classify.run import run_classify
 
-    return run_classify(ctx.cfg, ctx.ws.dataset, ctx.work, resume=ctx.resume)
+    return run_classify(ctx.cfg, ctx.ws.dataset, work, resume=ctx.resume)
 
 
-def _report(ctx: StageContext) -> dict[str, Any]:
+def _report(ctx: StageContext, work: Path) -> dict[str, Any]:
     from pipeline.report.build import build_report
 
-    return build_report(ctx.cfg, ctx.work, ctx.ws)  # type: ignore[arg-type]
+    return build_report(ctx.cfg, work, ctx.ws)
 
 
 def _card(folder: Path) -> list[Path]:
@@ -224,13 +226,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("stats", ("stats",),
           "Validate a category and write its dataset card: classes, counts per split, image size, mask statistics.",
           ("data", "synth", "classes"), _stats, _source, _card,
-          "Folder for card.md and card.json (default: runs/<category>/stats).", _stats_done, reads_source=True,
+          "Folder for card.md and card.json (default: runs/<category>/stats).", _stats_done,
+          lambda folder: StatsFiles(folder).card_json, reads_source=True,
           options=(Option("as_json", bool, "Print the card as JSON on stdout instead of Markdown.", default=False,
                           flag="--json", forces=True),)),
     Stage("convert", ("convert",),
           "Convert masks to YOLO boxes, YOLO polygons and COCO instances, with the shared splits.json.",
           ("seed", "data", "synth", "convert"), _convert, _source, lambda folder: [folder],
-          "Output folder (default: datasets/<category>).", _convert_done, writes="atomic", reads_source=True,
+          "Output folder (default: datasets/<category>).", _convert_done, lambda folder: Dataset(folder).report,
+          writes="atomic", reads_source=True,
           options=(Option("preview", int, "Write this many overlays per defect class to <out>/preview/.",
                           "convert.preview"),
                    Option("workers", int, "Worker processes (0: one per core for large categories).",
@@ -238,7 +242,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("yolo", ("finetune", "yolo"),
           "Fine-tune YOLO-World on the yolo-det boxes; score the zero-shot baseline and the result on the test split.",
           ("seed", "allow_random_init", "classes", "paths", "yolo"), _yolo, _trained, lambda folder: [folder],
-          "Output folder (default: runs/<category>/yolo).", _yolo_done, writes="staged", trains=True,
+          "Output folder (default: runs/<category>/yolo).", _yolo_done, lambda folder: YoloFiles(folder).metrics,
+          writes="staged", reads_dataset=True, trains=True,
           options=(Option("model", str, "yolov8s-worldv2 (default), yolov8m-, yolov8l- or yolov8x-worldv2.",
                           "yolo.model"),
                    Option("epochs", int, EPOCHS.help, "yolo.epochs"),
@@ -247,7 +252,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("sam", ("finetune", "sam"),
           "Fine-tune SAM's mask decoder on the COCO instances; IoU, Dice and mask AP on test, zero-shot vs fine-tuned.",
           ("seed", "allow_random_init", "paths", "sam"), _sam, _sam_inputs, lambda folder: [folder],
-          "Output folder (default: runs/<category>/sam).", _sam_done, writes="staged", trains=True, ddp=True,
+          "Output folder (default: runs/<category>/sam).", _sam_done, lambda folder: SamFiles(folder).metrics,
+          writes="staged", reads_dataset=True, trains=True, ddp=True,
           options=(Option("model", str, "vit_b (default), vit_l, vit_h, or vit_tiny (random init, tests).",
                           "sam.model"),
                    Option("epochs", int, EPOCHS.help, "sam.epochs"),
@@ -260,8 +266,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("classify", ("classify",),
           "Compare four backbone recipes (good vs each defect class): shared split, K-fold CV, long-tail comparison.",
           ("seed", "allow_random_init", "paths", "classify"), _classify, _classify_inputs, lambda folder: [folder],
-          "Output folder (default: runs/<category>/classify).", _classify_done, writes="staged", trains=True,
-          ddp=True,
+          "Output folder (default: runs/<category>/classify).", _classify_done,
+          lambda folder: ClassifyFiles(folder).metrics, writes="staged", reads_dataset=True, trains=True, ddp=True,
           resume_help="Reuse the finished (attempt, fold) runs in the output folder; redo the rest.",
           options=(Option("attempts", str, "Comma-separated attempts from configs/classify/ (A,B,C,D) or YAML paths.",
                           "classify.attempts", parse=_csv),
@@ -275,10 +281,10 @@ STAGES: tuple[Stage, ...] = (
                    Option("batch", int, BATCH.help, "classify.batch"))),
     Stage("report", ("report",),
           "Gather every stage's numbers into report.md, a self-contained report.html and summary.json.",
-          ("paths",), _report, lambda ctx: list(ctx.ws.results().values()),
+          ("paths",), _report, lambda ctx: list(results(ctx.ws).values()),
           lambda folder: [ReportFiles(folder).markdown, ReportFiles(folder).html, ReportFiles(folder).summary],
           "Folder for report.md, report.html and summary.json (default: runs/<category>).", _report_done,
-          accepts=("workspace",)),
+          reads_dataset=True, accepts=("workspace",)),
 )
 
 REGISTRY: dict[str, Stage] = {s.name: s for s in STAGES}
@@ -286,6 +292,11 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in STAGES}
 
 def get(name: str) -> Stage:
     return REGISTRY[name]
+
+
+def results(ws: Workspace) -> dict[str, Path]:
+    """The file each stage leaves for the report, by stage, in pipeline order, wherever the workspace has it."""
+    return {s.name: s.result(ws.folder(s.name)) for s in STAGES if s.result is not None}
 
 
 def sections(name: str) -> tuple[str, ...]:

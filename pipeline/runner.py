@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,11 +60,11 @@ def protected(ws: Workspace, *datasets: Path) -> list[tuple[str, Path]]:
 
 
 def resolve_device(cfg: Config) -> str:
-    """The device a training stage will run on: part of its up-to-date key, so it is resolved before the stage
-    decides to skip, without importing torch where CUDA is surely absent (``device.cuda_available``)."""
-    from pipeline.device import select_device
+    """The device a training stage will run on, as its up-to-date key says it (``device.device_key``: no torch
+    import, so a skip stays instant on a GPU machine too)."""
+    from pipeline.device import device_key
 
-    return select_device(cfg.device)
+    return device_key(cfg.device)
 
 
 @contextlib.contextmanager
@@ -101,6 +101,8 @@ def guarded(cfg: Config, ws: Workspace, stage: Stage, target: Path, inputs: list
         fresh = Freshness(name, dump(cfg), device, target, inputs, outputs, force, stage.sections)
         if fresh.skip():
             log.info(f"[bold]{stage.cli_name}[/] up to date ({target}); skipped. --force (or PIPE_FORCE=1) redoes it")
+            if main:
+                ws.record(name, target)  # what this command chose is what the next stages and the report read
             yield None
             return
         staged = stage.writes == "staged"
@@ -117,13 +119,13 @@ def guarded(cfg: Config, ws: Workspace, stage: Stage, target: Path, inputs: list
         elif main and stage.writes == "in_place":
             unmark(target)
         start = time.perf_counter()
-        with logged(ws.log(name, rank), stage.cli_name):
+        with logged(ws.log(name, rank), stage.cli_name):  # the swap, the stamp and what goes wrong there: logged too
             yield StageRun(target, work)
-        if main:
-            if staged:
-                swap_in(work, target, name)
-            fresh.mark(time.perf_counter() - start)
-            ws.record(name, target)
+            if main:
+                if staged:
+                    swap_in(work, target, name)
+                fresh.mark(time.perf_counter() - start)
+                ws.record(name, target)
 
 
 def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str, Any] | None:
@@ -131,12 +133,12 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
     (or, under DDP, on the ranks that write nothing)."""
     forced = force or ctx.resume or any(o.forces and ctx.options.get(o.name) for o in stage.options)
     device = resolve_device(ctx.cfg) if stage.trains else ""
-    datasets = [ctx.ws.dataset.root] if stage.trains or stage.name == "report" else []
+    datasets = [ctx.ws.dataset.root] if stage.reads_dataset else []
     with guarded(ctx.cfg, ctx.ws, stage, ctx.folder, stage.inputs(ctx), stage.outputs(ctx.folder), forced, device,
                  protected(ctx.ws, *datasets), ctx.resume) as run:
         if not run:
             return None
-        result = stage.run(replace(ctx, work=run.work))
-    if result is not None and stage.done is not None:
-        stage.done(ctx, result)
+        result = stage.run(ctx, run.work)
+        if result is not None and stage.done is not None:
+            stage.done(ctx, result)  # inside the log: its summary lines belong to the stage's log file
     return result

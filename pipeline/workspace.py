@@ -195,6 +195,19 @@ class YoloFiles(_TrainedFiles):
         return self.folder / "data"
 
     @property
+    def data_yaml(self) -> Path:
+        return self.data / "data.yaml"
+
+    def image_list(self, split: str) -> Path:
+        """The list of ``split``'s image paths that ``data.yaml`` names (relative to it)."""
+        return self.data / f"{split}.txt"
+
+    @property
+    def class_embeddings(self) -> Path:
+        """The class prompts' text embeddings, beside ``data.yaml`` where the trainer finds them."""
+        return self.data / "class_embeddings.pt"
+
+    @property
     def train(self) -> Path:
         """ultralytics' own run folder (``weights/last.pt``, ``results.csv``)."""
         return self.folder / "train"
@@ -265,7 +278,8 @@ class Workspace:
     """One category's run: where its data is read from and where every stage writes.
 
     ``folders`` are this command's explicit choices (``--out``, ``--dataset``); a stage without one is
-    found where it last finished (``workspace.json``), else in its default place.
+    found where it last finished with ``--out`` (``workspace.json``, read once per command so every lookup
+    of one command agrees), else in its default place.
     """
 
     category: str
@@ -276,6 +290,7 @@ class Workspace:
     synthetic_root: Path
     sam_cache_dir: Path | None = None
     folders: Mapping[str, Path] = field(default_factory=dict)
+    _recorded: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, cfg: Config, folders: Mapping[str, Path | None] | None = None) -> Workspace:
@@ -294,10 +309,6 @@ class Workspace:
     @property
     def synthetic_category(self) -> Path:
         return self.synthetic_root / self.category
-
-    def source_for(self, kind: str) -> Path:
-        """The category folder data of ``kind`` ("real", "synthetic") comes from, as a converted dataset records it."""
-        return self.synthetic_category if kind == "synthetic" else self.real_category
 
     def source(self, fallback_synthetic: bool = True) -> Path:
         """The category folder a run reads: the real one when present, else (if allowed) the synthetic stand-in."""
@@ -334,7 +345,13 @@ class Workspace:
         return self.runs / stage
 
     def recorded(self) -> dict[str, str]:
-        """The folder each stage last finished in (``workspace.json``); empty when none has."""
+        """The stages that last finished somewhere other than their default place (``workspace.json``), read
+        once per workspace; empty when there are none."""
+        if self._recorded is None:
+            object.__setattr__(self, "_recorded", self._read_index())
+        return dict(self._recorded or {})
+
+    def _read_index(self) -> dict[str, str]:
         try:
             data = json.loads(self.index.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -358,15 +375,23 @@ class Workspace:
         return self.default_folder(stage)
 
     def record(self, stage: str, folder: Path) -> None:
-        """Note where ``stage`` finished, for the report and the stages after it (under a lock: stages may end
-        together)."""
+        """Note where ``stage`` finished (or was found up to date), for the report and the stages after it: a
+        folder other than the default is recorded (as an absolute path), the default one clears the record,
+        so the config's ``paths`` decide again. Under a lock: commands may end together."""
         from pipeline.io import write_json
 
+        default = Path(folder).absolute() == self.default_folder(stage).absolute()
+        if default and stage not in self.recorded():
+            return  # nothing to change: the common case writes nothing
         self.runs.mkdir(parents=True, exist_ok=True)
         with _flocked(self.runs / f".{INDEX}.lock"):
-            stages = self.recorded()
-            stages[stage] = str(folder)
+            stages = self._read_index()
+            if default:
+                stages.pop(stage, None)
+            else:
+                stages[stage] = str(Path(folder).absolute())
             write_json(self.index, {"category": self.category, "stages": dict(sorted(stages.items()))})
+            object.__setattr__(self, "_recorded", stages)
 
     # --- what the stages read and write -----------------------------------------------------------------
     @property
@@ -393,11 +418,6 @@ class Workspace:
     @property
     def report(self) -> ReportFiles:
         return ReportFiles(self.folder("report"))
-
-    def results(self) -> dict[str, Path]:
-        """The file each stage leaves for the report, by stage, in pipeline order."""
-        return {"stats": self.stats.card_json, "convert": self.dataset.report, "yolo": self.yolo.metrics,
-                "sam": self.sam.metrics, "classify": self.classify.metrics}
 
 
 @contextlib.contextmanager

@@ -128,3 +128,25 @@ def test_torch_build_is_torch_version_read_without_importing_it():
     build = device.torch_build()
     assert build["__version__"] == torch.__version__ and build["cuda"] == torch.version.cuda
     assert build.get("hip") == torch.version.hip
+
+
+@pytest.mark.parametrize("spec,key", [("cpu", "cpu"), ("cuda", "cuda:0"), ("cuda:1", "cuda:1"), ("1,0", "cuda:1"),
+                                      ("mps", "mps")])
+def test_device_key_names_the_device_without_torch(spec, key):
+    assert device.device_key(spec) == key
+
+
+def test_auto_device_key_and_profile_on_a_gpu_machine_import_no_torch():
+    """Where a driver is loaded (faked here), an up-to-date check still decides without importing torch: the
+    key says cuda:0 and --profile auto picks the full recipe."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, pipeline.device as d; d.cuda_ruled_out = lambda: None; "
+             "from pipeline.config import load_config; cfg = load_config('bottle', 'auto'); "
+             "print(d.device_key('auto'), cfg.yolo.imgsz, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    from pipeline.config import load_config
+
+    assert out[0] == "cuda:0" and out[2] == "False"
+    assert int(out[1]) == load_config("bottle", "full").yolo.imgsz != load_config("bottle", "cpu").yolo.imgsz

@@ -52,8 +52,13 @@ def test_a_stage_is_found_where_it_last_finished_but_later_runs_write_to_the_def
     assert ws.folder("yolo") == elsewhere and ws.yolo.detections() == elsewhere / "detections_test.json"
     assert ws.target("yolo") == tmp_path / "runs" / "bottle" / "yolo"  # a one-off --out does not move later runs
     assert _ws(tmp_path, yolo=tmp_path / "x").folder("yolo") == tmp_path / "x"  # this command's --out wins
+    fresh = _ws(tmp_path)  # a command reads the record once, when it first asks
+    fresh.record("yolo", fresh.default_folder("yolo"))  # finishing (or found current) in the default place...
+    assert "yolo" not in read_json(ws.index)["stages"]  # ...clears the record: the config's paths decide again
+    assert fresh.folder("yolo") == _ws(tmp_path).folder("yolo") == tmp_path / "runs" / "bottle" / "yolo"
+    ws.record("yolo", elsewhere)
     shutil.rmtree(elsewhere)
-    assert ws.folder("yolo") == tmp_path / "runs" / "bottle" / "yolo"  # a record of a removed folder is ignored
+    assert _ws(tmp_path).folder("yolo") == tmp_path / "runs" / "bottle" / "yolo"  # a removed folder is ignored
     (ws.index).write_text("{not json")
     assert ws.folder("sam") == tmp_path / "runs" / "bottle" / "sam"  # a damaged record is no record
 
@@ -67,7 +72,7 @@ def test_the_report_reads_a_stage_run_with_out_elsewhere(tmp_path):
                                       "--set", f"data.synthetic_root={tmp_path / 'synth'}",
                                       "--set", f"data.root={tmp_path / 'mvtec'}"])
     assert result.exit_code == 0, result.output
-    assert read_json(ws.index)["stages"]["stats"] == str(out)
+    assert read_json(ws.index)["stages"]["stats"] == str(out.absolute())
     assert not (tmp_path / "runs" / "bottle" / "stats").exists()
     cfg = load_config("bottle", "tiny", [], [f"paths.runs={tmp_path / 'runs'}", f"paths.datasets={tmp_path / 'ds'}"])
     summary = build_report(cfg)
@@ -134,7 +139,7 @@ def test_path_joins_live_in_the_workspace():
     workspace for paths instead of joining literal path pieces."""
     files = [PIPELINE / "cli.py", PIPELINE / "runner.py", PIPELINE / "registry.py", PIPELINE / "report" / "build.py",
              PIPELINE / "stages" / "common.py", PIPELINE / "convert" / "run.py",
-             *sorted((PIPELINE / "stages").glob("*/run.py"))]
+             *sorted((PIPELINE / "stages").glob("*/run.py")), *sorted((PIPELINE / "stages").glob("*/data.py"))]
     joins = []
     for f in files:
         for node in ast.walk(ast.parse(f.read_text())):
@@ -153,9 +158,9 @@ def test_pipe_all_runs_every_stage_in_one_process_then_skips_them_all(tmp_path, 
     calls: list[str] = []
 
     def fake(name):
-        def run(ctx):
+        def run(ctx, work):
             calls.append(name)
-            write_json(ctx.work / "trained.json", {"stage": name})  # not metrics.json: the report skips them
+            write_json(work / "trained.json", {"stage": name})  # not metrics.json: the report skips them
             return None
         return run
 
@@ -168,8 +173,7 @@ def test_pipe_all_runs_every_stage_in_one_process_then_skips_them_all(tmp_path, 
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert calls == ["yolo", "sam", "classify"]
-    index = read_json(tmp_path / "runs" / "bottle" / "workspace.json")["stages"]
-    assert set(index) == {s.name for s in STAGES}
+    assert not (tmp_path / "runs" / "bottle" / "workspace.json").exists()  # every stage in its default place
     assert (tmp_path / "ds" / "bottle" / "splits.json").is_file()
     assert (tmp_path / "runs" / "bottle" / "report.md").is_file()
     second = CliRunner().invoke(app, args)

@@ -19,6 +19,7 @@ from pipeline.io import read_json, write_json, write_text
 from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, merge, provenance
 from pipeline.report import sections
 from pipeline.report.document import Document
+from pipeline.registry import results
 from pipeline.uptodate import wall_time
 from pipeline.workspace import ReportFiles, Workspace
 
@@ -102,7 +103,7 @@ def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = No
     ws = ws or Workspace.from_config(cfg)
     files = ReportFiles(Path(out) if out else ws.target("report"))
     out = files.folder
-    paths = ws.results()
+    paths = results(ws)
     loaded = {k: _load(k, p, cfg.category) for k, p in paths.items()}
     notes = caveats(loaded)
     doc = Document(f"pipe report: {cfg.category}")

@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 from pipeline.convert.splits import SPLITS, load_splits
 from pipeline.data.images import read_image
 from pipeline.errors import ConfigError, DataError
+from pipeline.io import read_json
 from pipeline.stages.common import require
 from pipeline.workspace import Dataset
 
@@ -55,12 +56,14 @@ class Labelled:
         return sorted((s for split in self.splits.values() for s in split), key=lambda s: s.rel)
 
 
-def load_labelled(dataset: Dataset | Path, classes: Sequence[str] | None = None) -> Labelled:
+def load_labelled(dataset: Dataset | Path, classes: Sequence[str] | None = None,
+                  with_train_good: bool = True) -> Labelled:
     """The shared splits, read from the converted dataset: the labelled images are the very files detection and
-    segmentation use; MVTec's ``train/good`` comes from the dataset when it was converted into train, else from
-    the category folder the dataset records as its source."""
+    segmentation use. MVTec's ``train/good`` (only when ``with_train_good``) comes from the dataset when it was
+    converted into its train split, else from the category folder the dataset records as its source."""
     dataset = Dataset.of(dataset)
     splits = load_splits(dataset)
+    report = read_json(require(dataset.report, "conversion report", f"run `pipe convert {splits['category']}`"))
     names = list(classes) if classes else list(splits["classes"])
     index = {c: i for i, c in enumerate(names)}
     fix = f"run `pipe convert {splits['category']}` again"
@@ -70,18 +73,20 @@ def load_labelled(dataset: Dataset | Path, classes: Sequence[str] | None = None)
 
     labels = splits["labels"]
     labelled = {s: [example(s, r, labels[r]) for r in splits["splits"][s] if labels[r] in index] for s in SPLITS}
-    return Labelled(names, labelled, _train_good(dataset, splits["train_good"], index, fix) if "good" in index else [],
-                    splits.get("data", "unknown"))
+    good = with_train_good and "good" in index
+    converted = bool(report.get("params", {}).get("add_train_good"))  # then train/good is in the dataset's train
+    return Labelled(names, labelled, _train_good(dataset, splits["train_good"], index["good"], converted, fix)
+                    if good else [], splits.get("data", "unknown"))
 
 
-def _train_good(dataset: Dataset, rels: Sequence[str], index: dict[str, int], fix: str) -> list[Example]:
-    if all(dataset.coco.image("train", r).is_file() for r in rels):  # converted with convert.add_train_good
-        return [Example(r, dataset.coco.image("train", r), index["good"]) for r in rels]
+def _train_good(dataset: Dataset, rels: Sequence[str], label: int, converted: bool, fix: str) -> list[Example]:
+    if converted:
+        return [Example(r, require(dataset.coco.image("train", r), "converted image", fix), label) for r in rels]
     source = dataset.recorded_source()
     if source is None or not source.is_dir():
         raise DataError(f"{source or dataset.report}: the category folder {dataset.root} was converted from is "
                         f"gone, and MVTec's train/good images are read from it; {fix}")
-    return [Example(r, source / r, index["good"]) for r in rels]
+    return [Example(r, source / r, label) for r in rels]
 
 
 class ImageCache:

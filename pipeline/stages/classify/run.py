@@ -112,7 +112,7 @@ def run_classify(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool =
     phases = Phases()
     d, device, record = start("classify", cfg, dataset)
     attempts = load_attempts(c)  # every config error before any training
-    data = load_labelled(dataset, c.classes)
+    data = load_labelled(dataset, c.classes, with_train_good=c.add_train_good)
     folds = stratified_folds(data, c.folds, cfg.seed, c.add_train_good) if c.folds else []
     o = Options(device, cfg.seed, c.select, c.amp, c.channels_last, c.workers)
     runner = Runner(cfg, data, out, o, d, resume)

@@ -18,7 +18,6 @@ from pipeline.errors import DataError
 from pipeline.io import write_text
 from pipeline.stages.common import require
 from pipeline.stages.yolo.prompts import TextEmbeddings
-from pipeline.stages.yolo.trainer import CLASS_EMBEDDINGS
 from pipeline.workspace import Dataset, YoloFiles
 
 SPLITS = ("train", "val", "test")
@@ -55,7 +54,8 @@ def prepare(dataset: Dataset | Path, out: Path, prompts: dict[str, list[str]], e
         raise DataError(f"{det.data_yaml}: classes {names} differ from the configured {list(prompts)}; "
                         f"re-run `pipe convert {category}`")
     coco_test = require(dataset.coco.annotations("test"), "COCO test annotations", fix)
-    data = YoloFiles(Path(out)).data
+    files = YoloFiles(Path(out))
+    data = files.data
     images: dict[str, list[Path]] = {}
     for split in SPLITS:
         folder = require(det.images(split), f"{split} images", fix)
@@ -64,10 +64,10 @@ def prepare(dataset: Dataset | Path, out: Path, prompts: dict[str, list[str]], e
             raise DataError(f"{folder}: no images in the {split} split; re-run `pipe convert {category}` with "
                             f"more data or other convert.split ratios")
         _check_labels(det.labels(split), len(names))
-        write_text(data / f"{split}.txt", "".join(f"{p}\n" for p in images[split]))
-    doc = {"path": str(data.absolute()), **{s: f"{s}.txt" for s in SPLITS}, "nc": len(names),
+        write_text(files.image_list(split), "".join(f"{p}\n" for p in images[split]))
+    doc = {"path": str(data.absolute()), **{s: files.image_list(s).name for s in SPLITS}, "nc": len(names),
            "names": {i: "/".join(prompts[n]) for i, n in enumerate(names)}}
-    write_text(data / "data.yaml", yaml.safe_dump(doc, sort_keys=False))
+    write_text(files.data_yaml, yaml.safe_dump(doc, sort_keys=False))
     embeddings.save_ultralytics_cache(data)
-    torch.save({"names": names, "feats": embeddings.classes(prompts)}, data / CLASS_EMBEDDINGS)
-    return DetData(data / "data.yaml", names, images, coco_test)
+    torch.save({"names": names, "feats": embeddings.classes(prompts)}, files.class_embeddings)
+    return DetData(files.data_yaml, names, images, coco_test)

@@ -29,10 +29,12 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from pipeline.stages.yolo import checkpoint as ck
 from pipeline.training.state import rng_state, save, set_rng_state
+from pipeline.workspace import YoloFiles
 
 log = logging.getLogger(__name__)
 
-CLASS_EMBEDDINGS = "class_embeddings.pt"  # {"names": [...], "feats": (1, nc, 512)}, written beside data.yaml
+# {"names": [...], "feats": (1, nc, 512)}, written beside data.yaml (``YoloFiles.class_embeddings``)
+CLASS_EMBEDDINGS = YoloFiles(Path()).class_embeddings.name
 
 
 def set_prompts(model: torch.nn.Module, feats: torch.Tensor, names: list[str]) -> torch.nn.Module:
