@@ -34,6 +34,10 @@ finetune-sam *ARGS:
 classify *ARGS:
     pipe classify {{category}} --profile {{profile}} {{ARGS}}
 
+# good-only detection: PatchCore on train/good, AUROC/AUPRO on MVTec's test set and the shared split (runs/<category>/anomaly/)
+anomaly *ARGS:
+    pipe anomaly {{category}} --profile {{profile}} {{ARGS}}
+
 # classification images per second per attempt, and the image cache (prints a table, writes bench/results/)
 bench-classify *ARGS:
     python bench/classify.py --category {{category}} {{ARGS}}

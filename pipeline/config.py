@@ -186,6 +186,20 @@ class ClassifyConfig(Section):
         return v
 
 
+class AnomalyConfig(Section):
+    backbone: Literal["wide_resnet50_2", "resnet18"]
+    layers: list[str] = Field(min_length=1)
+    imgsz: int = Field(ge=32)
+    target_dim: int = Field(ge=1)
+    coreset_ratio: float = Field(gt=0, le=1)
+    projection_dim: int = Field(ge=1)
+    num_neighbors: int = Field(ge=1)
+    sigma: float = Field(gt=0)
+    batch: int = Field(ge=1)
+    holdout: float = Field(gt=0, lt=1)
+    overlays: int = Field(ge=0)
+
+
 class Config(Section):
     category: str
     device: str
@@ -198,6 +212,7 @@ class Config(Section):
     yolo: YoloConfig
     sam: SamConfig
     classify: ClassifyConfig
+    anomaly: AnomalyConfig
     classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
 
     @field_validator("classes")

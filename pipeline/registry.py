@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.workspace import ClassifyFiles, Dataset, ReportFiles, SamFiles, StatsFiles, Workspace, YoloFiles
+from pipeline.workspace import (AnomalyFiles, ClassifyFiles, Dataset, ReportFiles, SamFiles, StatsFiles, Workspace,
+                                YoloFiles)
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -136,6 +137,18 @@ def _classify(ctx: StageContext, work: Path) -> dict[str, Any] | None:
     return run_classify(ctx.cfg, ctx.ws.dataset, work, resume=ctx.resume)
 
 
+def _anomaly(ctx: StageContext, work: Path) -> dict[str, Any]:
+    from pipeline.stages.anomaly.run import run_anomaly
+
+    return run_anomaly(ctx.cfg, ctx.ws.dataset, work)
+
+
+def _anomaly_inputs(ctx: StageContext) -> list[Path]:
+    """The dataset, the weights, and the category it was converted from (its train/good images are the bank)."""
+    source = ctx.ws.dataset.recorded_source()
+    return [*_trained(ctx), *([source] if source is not None else [])]
+
+
 def _report(ctx: StageContext, work: Path) -> dict[str, Any]:
     from pipeline.report.build import build_report
 
@@ -204,6 +217,14 @@ def _classify_done(ctx: StageContext, m: dict[str, Any]) -> None:
 
     console.print(m["summary_text"])
     _say(f"wrote {ctx.folder}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
+
+
+def _anomaly_done(ctx: StageContext, m: dict[str, Any]) -> None:
+    w, s = m["whole_test"], m["split"]["test"]
+    _say(f"MVTec test set: image AUROC {w['image_auroc']:.3f}, pixel AUROC {w['pixel_auroc']:.3f}, AUPRO@0.3 "
+         f"{w['aupro']:.3f}; shared test split at the val-fitted threshold: F1 {s['image']['f1']:.3f}, "
+         f"pixel IoU {s['pixel']['mean_iou']}; {m['timing_s']['total']} s")
+    _say(f"wrote {ctx.folder}/metrics.json, patchcore.pt, overlays/")
 
 
 def _report_done(ctx: StageContext, summary: dict[str, Any]) -> None:
@@ -279,6 +300,17 @@ STAGES: tuple[Stage, ...] = (
                    Option("imgsz", int, "Square input side for every attempt (overrides the attempts' own).",
                           "classify.imgsz"),
                    Option("batch", int, BATCH.help, "classify.batch"))),
+    Stage("anomaly", ("anomaly",),
+          "Good-only defect detection: PatchCore fitted on train/good, image/pixel AUROC and AUPRO on MVTec's test "
+          "set, and the shared split at a threshold fitted without test images.",
+          ("seed", "allow_random_init", "paths", "data", "anomaly"), _anomaly, _anomaly_inputs, lambda folder: [folder],
+          "Output folder (default: runs/<category>/anomaly).", _anomaly_done,
+          lambda folder: AnomalyFiles(folder).metrics, writes="staged", reads_dataset=True, trains=True,
+          options=(Option("backbone", str, "wide_resnet50_2 (default) or resnet18 (the cpu profile's).",
+                          "anomaly.backbone"),
+                   Option("coreset_ratio", float, "Share of the memory bank kept by greedy coreset subsampling.",
+                          "anomaly.coreset_ratio"),
+                   Option("imgsz", int, "Square image side the features are computed at.", "anomaly.imgsz"))),
     Stage("report", ("report",),
           "Gather every stage's numbers into report.md, a self-contained report.html and summary.json.",
           ("paths",), _report, lambda ctx: list(results(ctx.ws).values()),

@@ -253,6 +253,14 @@ class ClassifyFiles(_TrainedFiles):
 
 
 @dataclass(frozen=True)
+class AnomalyFiles(_TrainedFiles):
+    @property
+    def model(self) -> Path:
+        """The fitted PatchCore: its memory bank and settings (``torch.load``)."""
+        return self.folder / "patchcore.pt"
+
+
+@dataclass(frozen=True)
 class ReportFiles:
     folder: Path
 
@@ -414,6 +422,10 @@ class Workspace:
     @property
     def classify(self) -> ClassifyFiles:
         return ClassifyFiles(self.folder("classify"))
+
+    @property
+    def anomaly(self) -> AnomalyFiles:
+        return AnomalyFiles(self.folder("anomaly"))
 
     @property
     def report(self) -> ReportFiles:

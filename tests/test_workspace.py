@@ -106,7 +106,7 @@ def test_every_stage_declares_sections_that_exist_and_a_command():
     from pipeline.config import Config
 
     fields = set(Config.model_fields) | {"category"}
-    assert [s.name for s in STAGES] == ["stats", "convert", "yolo", "sam", "classify", "report"]
+    assert [s.name for s in STAGES] == ["stats", "convert", "yolo", "sam", "classify", "anomaly", "report"]
     for stage in STAGES:
         assert set(stage.sections) <= fields, stage.name
         assert stage.writes in ("in_place", "atomic", "staged")
@@ -172,13 +172,13 @@ def test_pipe_all_runs_every_stage_in_one_process_then_skips_them_all(tmp_path, 
             "--set", f"data.root={tmp_path / 'mvtec'}"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert calls == ["yolo", "sam", "classify"]
+    assert calls == ["yolo", "sam", "classify", "anomaly"]
     assert not (tmp_path / "runs" / "bottle" / "workspace.json").exists()  # every stage in its default place
     assert (tmp_path / "ds" / "bottle" / "splits.json").is_file()
     assert (tmp_path / "runs" / "bottle" / "report.md").is_file()
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output
-    assert calls == ["yolo", "sam", "classify"]  # nothing ran again
+    assert calls == ["yolo", "sam", "classify", "anomaly"]  # nothing ran again
     assert " ".join(second.output.split()).count("up to date") == len(STAGES)
     logs = json.dumps(sorted(p.name for p in (tmp_path / "runs" / "bottle" / "logs").iterdir()))
     assert all(f"{s.name}.log" in logs for s in STAGES)

@@ -1,0 +1,81 @@
+"""The good-only stage end to end on tiny synthetic data, and the rule that no threshold sees a test image."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.convert.instances import ConvertParams
+from pipeline.convert.run import run_convert
+from pipeline.data.layout import load_category
+from pipeline.io import read_json
+from pipeline.stages.anomaly import data as anomaly_data
+from pipeline.stages.anomaly.run import run_anomaly
+
+
+def _convert(root: Path, out: Path) -> Path:
+    run_convert(load_category(root, "bottle"), out, ConvertParams(), {"train": 0.4, "val": 0.3, "test": 0.3}, seed=0)
+    return out
+
+
+@pytest.fixture
+def private(tiny_root, tmp_path) -> tuple[Path, Path]:
+    """A private synthetic root (the test may change its images) and the dataset converted from it."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root, root)
+    return root, _convert(root, tmp_path / "ds" / "bottle")
+
+
+def test_the_stage_end_to_end_on_tiny_data(converted_dataset, tmp_path):
+    m = run_anomaly(load_config("bottle", "tiny"), converted_dataset, tmp_path / "out")
+    assert m == read_json(tmp_path / "out" / "metrics.json")
+    assert m["stage"] == "anomaly" and m["provenance"]["data"] == "synthetic" and not m["provenance"]["meaningful"]
+    whole = m["whole_test"]
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= whole[key] <= 1.0
+    splits = read_json(converted_dataset / "splits.json")
+    assert whole["images"] == len(splits["labels"])  # every MVTec test image, each scored once
+    assert m["split"]["test"]["image"]["images"] == len(splits["splits"]["test"])
+    assert m["images"]["fit"] + m["images"]["holdout"] == len(splits["train_good"])
+    assert set(m["test_scores"]) == set(splits["splits"]["test"])
+    assert (tmp_path / "out" / "patchcore.pt").is_file() and m["overlays"]
+    assert m["model"]["memory_bank"][0] >= 1
+
+
+def test_the_holdout_is_train_good_only_and_disjoint_from_the_bank(converted_dataset):
+    data = anomaly_data.load(converted_dataset, 0.25, seed=0)
+    fit, held = {s.rel for s in data.fit}, {s.rel for s in data.holdout}
+    assert not fit & held and all(r.startswith("train/good/") for r in fit | held)
+    assert not {s.rel for s in data.test} & {s.rel for s in [*data.val, *data.holdout]}  # no test image in a fit
+    assert anomaly_data.load(converted_dataset, 0.25, seed=0).holdout == data.holdout  # seeded
+
+
+def test_the_thresholds_never_see_a_test_image(private, tmp_path):
+    """Changing only the test split's images moves their scores but not the fitted thresholds."""
+    root, dataset = private
+    cfg = load_config("bottle", "tiny")
+    first = run_anomaly(cfg, dataset, tmp_path / "a")
+    rng = np.random.default_rng(0)
+    for rel in read_json(dataset / "splits.json")["splits"]["test"]:
+        path = root / "bottle" / rel
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(path), rng.integers(0, 256, img.shape, dtype=np.uint8))
+    second = run_anomaly(cfg, dataset, tmp_path / "b")
+    assert second["thresholds"] == first["thresholds"]
+    assert second["test_scores"] != first["test_scores"]
+
+
+def test_a_category_whose_source_is_gone_is_one_line(private, tmp_path):
+    root, dataset = private
+    shutil.rmtree(root / "bottle")
+    result = CliRunner().invoke(app, ["anomaly", "bottle", "--dataset", str(dataset), "--out", str(tmp_path / "o"),
+                                      "-p", "tiny"])
+    assert result.exit_code != 0
+    assert "converted from is gone" in " ".join(str(result.exception).split()) + " ".join(result.output.split())
