@@ -219,11 +219,15 @@ def _classify_done(ctx: StageContext, m: dict[str, Any]) -> None:
     _say(f"wrote {ctx.folder}/metrics.json, attempts.md, confusion/; {m['timing_s']['total']} s")
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _anomaly_done(ctx: StageContext, m: dict[str, Any]) -> None:
     w, s = m["whole_test"], m["split"]["test"]
     _say(f"MVTec test set: image AUROC {w['image_auroc']:.3f}, pixel AUROC {w['pixel_auroc']:.3f}, AUPRO@0.3 "
          f"{w['aupro']:.3f}; shared test split at the val-fitted threshold: F1 {s['image']['f1']:.3f}, "
-         f"pixel IoU {s['pixel']['mean_iou']}; {m['timing_s']['total']} s")
+         f"pixel IoU {_num(s['pixel']['mean_iou'])}; {m['timing_s']['total']} s")
     _say(f"wrote {ctx.folder}/metrics.json, patchcore.pt, overlays/")
 
 
