@@ -38,6 +38,10 @@ classify *ARGS:
 anomaly *ARGS:
     pipe anomaly {{category}} --profile {{profile}} {{ARGS}}
 
+# good-only detection on every category under the data root, one table with the mean (runs/anomaly-all.md)
+anomaly-all *ARGS:
+    pipe anomaly-all --profile {{profile}} {{ARGS}}
+
 # classification images per second per attempt, and the image cache (prints a table, writes bench/results/)
 bench-classify *ARGS:
     python bench/classify.py --category {{category}} {{ARGS}}

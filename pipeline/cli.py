@@ -297,6 +297,49 @@ def _register_stages() -> None:
 _register_stages()
 
 
+@app.command("anomaly-all")
+def anomaly_all(
+    root: Root = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for anomaly-all.md and anomaly-all.json (default: "
+                                                     "paths.runs, runs/).")] = None,
+    device: Device = None,
+    seed: Seed = None,
+    allow_random_init: AllowRandomInit = None,
+    force: Force = False,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Convert and run `pipe anomaly` on every MVTec AD category present under the data root (each skipped when up
+    to date), then write one table with the mean, as published tables report it."""
+    from pipeline.data.categories import CATEGORIES, resolve_root
+    from pipeline.io import read_json
+    from pipeline.registry import REGISTRY, StageContext
+    from pipeline.runner import run_stage
+    from pipeline.stages.anomaly import table
+    from pipeline.workspace import Workspace
+
+    values = {"root": root, "device": device, "seed": seed, "allow_random_init": allow_random_init,
+              "config": config, "profile": profile, "set_": set_}
+    first = _command_config("bottle", values, {})
+    data_root = resolve_root(first.data.root)
+    present = [c for c in CATEGORIES if (data_root / c).is_dir()]
+    if not present:
+        raise PipeError(f"{data_root}: no MVTec AD category here; `pipe download <category>` or set --root / "
+                        f"$MVTEC_ROOT")
+    rows: dict[str, dict[str, Any] | None] = {c: None for c in CATEGORIES}
+    for category in present:
+        cfg = _command_config(category, values, {})
+        ws = Workspace.from_config(cfg)
+        for name in ("convert", "anomaly"):
+            run_stage(REGISTRY[name], StageContext(cfg, ws, ws.target(name)), force)
+        rows[category] = table.row(read_json(ws.anomaly.metrics))
+    doc = table.table(rows)
+    js, md = table.write(doc, out or Path(first.paths.runs))
+    console.print(table.markdown(doc))
+    info(f"wrote {md} and {js} ({len(present)} of {len(CATEGORIES)} categories present under {data_root})")
+
+
 @app.command()
 def env(device: Device = "auto") -> None:
     """Print the device that --device resolves to and the versions every output records."""

@@ -79,3 +79,31 @@ def test_a_category_whose_source_is_gone_is_one_line(private, tmp_path):
                                       "-p", "tiny"])
     assert result.exit_code != 0
     assert "converted from is gone" in " ".join(str(result.exception).split()) + " ".join(result.output.split())
+
+
+def test_anomaly_all_runs_every_present_category_into_one_table(tmp_path):
+    """A root holding bottle (colour) and grid (greyscale): both converted and measured, the other 13 listed as
+    not run, and the mean over the two."""
+    from pipeline.data.synth import synthesize
+
+    root = tmp_path / "mvtec"
+    for category in ("bottle", "grid"):
+        synthesize(category, root, size=64, train_good=8, test_good=3, test_per_defect=3, seed=0)
+    args = ["anomaly-all", "--root", str(root), "-p", "tiny", "--set", f"paths.runs={tmp_path / 'runs'}",
+            "--set", f"paths.datasets={tmp_path / 'ds'}", "--out", str(tmp_path / "table")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    doc = read_json(tmp_path / "table" / "anomaly-all.json")
+    assert doc["measured"] == ["bottle", "grid"] and len(doc["not_run"]) == 13
+    for category in ("bottle", "grid"):
+        m = read_json(tmp_path / "runs" / category / "anomaly" / "metrics.json")
+        assert doc["categories"][category]["image_auroc"] == m["whole_test"]["image_auroc"]
+    mean = (doc["categories"]["bottle"]["pixel_auroc"] + doc["categories"]["grid"]["pixel_auroc"]) / 2
+    assert doc["mean"]["pixel_auroc"] == pytest.approx(mean, abs=1e-4)
+    md = (tmp_path / "table" / "anomaly-all.md").read_text()
+    assert "| grid |" in md and "not run" in md and "**mean (2)**" in md and "synthetic" in md
+
+
+def test_anomaly_all_without_any_category_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["anomaly-all", "--root", str(tmp_path / "empty"), "-p", "tiny"])
+    assert result.exit_code != 0 and "no MVTec AD category here" in str(result.exception)
