@@ -21,6 +21,7 @@ from pipeline.uptodate import Freshness
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["## Dataset", "## Converted dataset", "## Detection (YOLO-World)", "## Segmentation (SAM)",
             "## Classification (good vs each defect)", "### Long tail: attempt A without and with balanced_softmax",
+            "## Good-only detection (PatchCore)", "## Good-only against supervised, on the same test images",
             "## Predictions on test images", "## Environment and timing", "## Provenance"]
 
 
@@ -122,14 +123,15 @@ def test_just_all_tiny_end_to_end_then_everything_is_skipped(tmp_path):
     assert html.count('src="data:image/png;base64,') >= 3 and 'src="runs/' not in html and "<img src=\"/" not in html
     summary = read_json(runs / "summary.json")
     assert summary["meaningful"] is False and summary["device"] == "cpu" and summary["not_run"] == []
-    assert summary["measured"] == ["stats", "convert", "yolo", "sam", "classify"] and "Not run:" not in md
+    assert summary["measured"] == ["stats", "convert", "yolo", "sam", "classify", "anomaly"] and "Not run:" not in md
+    assert summary["anomaly"]["image_auroc"] is not None and "not run" not in md.split("## Good-only against")[1]
     assert summary["classification"]["best_attempt"] in "ABCD" and summary["detection"]["map50_finetuned"] >= 0
-    assert all(summary["wall_s"][k] > 0 for k in ("stats", "convert", "yolo", "sam", "classify"))
-    for stage in ("stats", "convert", "yolo", "sam", "classify", "report"):
+    assert all(summary["wall_s"][k] > 0 for k in ("stats", "convert", "yolo", "sam", "classify", "anomaly"))
+    for stage in ("stats", "convert", "yolo", "sam", "classify", "anomaly", "report"):
         assert f"{stage} finished after" in (runs / "logs" / f"{stage}.log").read_text()
     metrics = runs / "classify" / "metrics.json"
     before = metrics.stat().st_mtime_ns
     again = subprocess.run([just, "--justfile", str(REPO / "Justfile"), "--working-directory", str(tmp_path), "all"],
                            env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("up to date") == 6 and metrics.stat().st_mtime_ns == before
+    assert again.stderr.count("up to date") == 7 and metrics.stat().st_mtime_ns == before

@@ -21,7 +21,7 @@ from pipeline.report.document import Document
 
 CLAIM = "measured on the genuine MVTec AD images with pretrained weights"
 NOT_RUN = {"stats": "`pipe stats bottle`", "convert": "`pipe convert bottle`", "yolo": "`pipe finetune yolo bottle`",
-           "sam": "`pipe finetune sam bottle`", "classify": "`pipe classify bottle`"}
+           "sam": "`pipe finetune sam bottle`", "classify": "`pipe classify bottle`", "anomaly": "`pipe anomaly bottle`"}
 
 
 def _first_line(out: Path) -> str:
@@ -57,7 +57,7 @@ def test_real_data_without_models_claims_no_weights(tiny_root, converted_dataset
     assert "genuine MVTec AD images; no model has been evaluated yet" in first and "pretrained" not in first
     assert "Measured: the dataset card, the converted dataset; not run: the detection metrics" in first
     md = (tmp_path / "report.md").read_text()
-    assert all(f"Not run: {NOT_RUN[s]}" in md for s in ("yolo", "sam", "classify"))
+    assert all(f"Not run: {NOT_RUN[s]}" in md for s in ("yolo", "sam", "classify", "anomaly"))
     assert "Not run: `pipe stats" not in md and "Not run: `pipe convert" not in md
     assert summary["measured"] == ["stats", "convert"] and summary["meaningful"] is True
 
@@ -79,7 +79,8 @@ def test_headline_claims_real_data_and_pretrained_weights_only_when_every_stage_
         sections.headline(doc, "bottle", measured, caveats, real)
         return doc.blocks[0][1]
 
-    everything = ["stats", "convert", "yolo", "sam", "classify"]
+    everything = ["stats", "convert", "yolo", "sam", "classify", "anomaly"]
+    assert list(sections.ORDER) == everything  # the registry's stages with a result file, in pipeline order
     assert first(everything, [], True).startswith(f"All numbers below were {CLAIM}.")
     assert "not run" not in first(everything, [], True)
     assert CLAIM not in first(everything, [], False)  # a stage did not record real data

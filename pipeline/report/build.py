@@ -17,14 +17,14 @@ from pipeline.config import Config
 from pipeline.errors import PipeError
 from pipeline.io import read_json, write_json, write_text
 from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, merge, provenance
-from pipeline.report import sections
-from pipeline.report.document import Document
 from pipeline.registry import results
+from pipeline.report import compare, sections
+from pipeline.report.document import Document
 from pipeline.uptodate import wall_time
-from pipeline.workspace import ReportFiles, Workspace
+from pipeline.workspace import Dataset, ReportFiles, Workspace
 
 STAGES = sections.WEIGHTED  # the stages whose numbers depend on weights
-ORDER = tuple(sections.COMMANDS)  # every input of the report, in pipeline order
+ORDER = sections.ORDER  # every input of the report, in pipeline order (the registry's stages with a result file)
 
 
 def _load(stage: str, path: Path, category: str) -> dict[str, Any] | None:
@@ -39,8 +39,9 @@ def _load(stage: str, path: Path, category: str) -> dict[str, Any] | None:
 
 
 def measured(loaded: dict[str, dict[str, Any] | None]) -> list[str]:
-    """The stages whose outputs exist, in pipeline order: all the report can speak about."""
-    return [s for s in ORDER if loaded.get(s)]
+    """The stages whose outputs exist, in pipeline order (then any other loaded output): all the report can
+    speak about, and every output whose provenance block :func:`merged` merges."""
+    return [s for s in (*ORDER, *(k for k in loaded if k not in ORDER)) if loaded.get(s)]
 
 
 def stage_provenance(record: dict[str, Any]) -> dict[str, Any]:
@@ -72,10 +73,22 @@ def caveats(loaded: dict[str, dict[str, Any] | None]) -> list[str]:
     return merged(loaded)["caveats"]
 
 
+def anomaly_numbers(a: dict[str, Any] | None) -> dict[str, Any] | None:
+    """PatchCore's headline: MVTec's whole test set (threshold-free) and the shared split at its fitted threshold."""
+    if a is None:
+        return None
+    w, i = a["whole_test"], a["split"]["test"]["image"]
+    return {"image_auroc": w["image_auroc"], "pixel_auroc": w["pixel_auroc"], "aupro": w["aupro"],
+            "whole_test_images": w["images"], "test_f1": i["f1"], "test_image_auroc": i.get("auroc"),
+            "test_images": i["images"], "test_pixel_iou": a["split"]["test"]["pixel"]["mean_iou"],
+            "threshold_fitted_on": "val + held-out train/good (never test)"}
+
+
 def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
-                     walls: dict[str, float | None]) -> dict[str, Any]:
+                     walls: dict[str, float | None],
+                     comparison: compare.Comparison | None = None) -> dict[str, Any]:
     """summary.json: the numbers a dashboard or a regression check reads, with what they mean."""
-    y, s, c = loaded["yolo"], loaded["sam"], loaded["classify"]
+    y, s, c = loaded.get("yolo"), loaded.get("sam"), loaded.get("classify")
     best = next((a for a in c["attempts"] if a["id"] == c["summary"]["best"]), None) if c else None
     ran = measured(loaded)
     return {
@@ -92,9 +105,37 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
         "classification": None if best is None else {
             "best_attempt": best["id"], "basis": c["summary"]["basis"], "test_accuracy": best["split"]["test"]["accuracy"],
             "cv_accuracy": (best.get("cv") or {}).get("accuracy"), "cv_macro_f1": (best.get("cv") or {}).get("macro_f1")},
+        "anomaly": anomaly_numbers(loaded.get("anomaly")),
+        "defect_detection": None if comparison is None else comparison.summary(),
         "wall_s": walls,
-        "device": next((m["device"] for m in (y, s, c) if m), None),
+        "device": next((loaded[k]["device"] for k in STAGES if loaded.get(k) and "device" in loaded[k]), None),
     }
+
+
+def comparison_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], category: str) -> compare.Comparison:
+    """The comparison's signals, from the stages' outputs and the files beside them, found through the workspace:
+    the best classification attempt's shared-split record, the detector's COCO detections and the COCO test
+    annotations of the dataset the detector read (they name each image's MVTec path), and the shared splits."""
+    a, c, y = loaded.get("anomaly"), loaded.get("classify"), loaded.get("yolo")
+    splits = _load("convert", ws.dataset.splits, category)
+    record = record_path = None
+    if c:
+        entry = next((e for e in c.get("attempts") or [] if e["id"] == (c.get("summary") or {}).get("best")), None)
+        if entry:
+            record_path = ws.classify.fold_record(entry.get("tag") or entry["id"], "split")
+            record = _load("classify", record_path, category)
+    detections = annotations = None
+    det_path = ws.yolo.detections()
+    dataset = Dataset(Path(y["data"]["dataset"])) if y and (y.get("data") or {}).get("dataset") else ws.dataset
+    ann_path = dataset.coco.annotations("test")
+    if y:
+        detections = _load("yolo", det_path, category)
+        annotations = _load("convert", ann_path, category)
+    signals = [compare.patchcore(a, sections.command("anomaly", category)),
+               compare.classifier(c, record, splits, sections.command("classify", category), str(record_path)),
+               compare.detector(y, detections, annotations, sections.command("yolo", category),
+                                (str(det_path), str(ann_path)))]
+    return compare.compare(signals, splits)
 
 
 def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = None) -> dict[str, Any]:
@@ -113,11 +154,14 @@ def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = No
     sections.detection(doc, loaded["yolo"], files.figures, cfg.category)
     sections.segmentation(doc, loaded["sam"], cfg.category)
     sections.classification(doc, loaded["classify"], cfg.category)
+    sections.anomaly(doc, loaded["anomaly"], cfg.category)
+    versus = comparison_inputs(ws, loaded, cfg.category)
+    sections.comparison(doc, versus)
     sections.overlays(doc, loaded["yolo"], loaded["sam"])
     walls = {k: wall_time(p.parent) for k, p in paths.items()}  # each stage's stamp sits beside its output
     sections.environment(doc, loaded, walls)
     sections.provenance(doc, loaded)
-    summary = headline_numbers(loaded, notes, walls)
+    summary = headline_numbers(loaded, notes, walls, versus)
     write_text(files.markdown, doc.markdown(out))
     write_text(files.html, doc.html())
     write_json(files.summary, summary)

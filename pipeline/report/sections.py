@@ -10,17 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots
+from pipeline.registry import STAGES
+from pipeline.report.compare import Comparison
 from pipeline.report.document import Document, cell
 from pipeline.stages.classify.report import attempts_rows, recall_rows
 
 Stage = dict[str, Any] | None
 
-# What each stage's output is called in the report, and the command that writes it.
-OUTPUTS = {"stats": "the dataset card", "convert": "the converted dataset", "yolo": "the detection metrics",
-           "sam": "the segmentation metrics", "classify": "the classification metrics"}
-COMMANDS = {"stats": "pipe stats", "convert": "pipe convert", "yolo": "pipe finetune yolo",
-            "sam": "pipe finetune sam", "classify": "pipe classify"}
-WEIGHTED = ("yolo", "sam", "classify")  # the stages whose numbers depend on model weights
+# The report's inputs are the stages that leave it a result file, in pipeline order (``pipeline.registry``):
+# the command that writes each, and those whose numbers depend on model weights (the training stages).
+COMMANDS = {s.name: f"pipe {s.cli_name}" for s in STAGES if s.result is not None}
+WEIGHTED = tuple(s.name for s in STAGES if s.result is not None and s.trains)
+ORDER = tuple(COMMANDS)
+# What each stage's output is called in the report; a stage not named here is "the <name> outputs".
+_NAMES = {"stats": "the dataset card", "convert": "the converted dataset", "yolo": "the detection metrics",
+          "sam": "the segmentation metrics", "classify": "the classification metrics",
+          "anomaly": "the good-only anomaly metrics"}
+OUTPUTS = {s: _NAMES.get(s, f"the {s} outputs") for s in ORDER}
 
 
 def command(stage: str, category: str) -> str:
@@ -162,6 +168,66 @@ def classification(doc: Document, cls: Stage, category: str) -> None:
                "Confusion matrices (rows true, columns predicted)")
 
 
+def _pct(value: float | None) -> str:
+    """A ratio as published anomaly-detection tables print it: a percentage with one decimal."""
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def anomaly(doc: Document, a: Stage, category: str, limit: int = 8) -> None:
+    doc.heading("Good-only detection (PatchCore)")
+    if a is None:
+        return _missing(doc, "anomaly", category)
+    m, n, w = a.get("model") or {}, a["images"], a["whole_test"]
+    bank = " × ".join(str(v) for v in m.get("memory_bank") or []) or "–"
+    doc.text(f"PatchCore fitted on {n['fit']} of MVTec's train/good images only ({n['holdout']} more held out for "
+             f"the threshold); no defective image is used to fit it. Features: {m.get('backbone', '–')} "
+             f"{'+'.join(m.get('layers') or [])} at {m.get('imgsz', '–')} px; memory bank {bank}.")
+    doc.text(f"MVTec AD's whole test set ({w['images']} images), threshold-free, as published tables report it "
+             "(AUROC and AUPRO in %):")
+    doc.table(["image AUROC", "pixel AUROC", "AUPRO@0.3", "images", "ms / image", "fit time (s)"],
+              [[_pct(w["image_auroc"]), _pct(w["pixel_auroc"]), _pct(w["aupro"]), w["images"], a.get("ms_per_image"),
+                (a.get("timing_s") or {}).get("fit")]])
+    s, fitted = a["split"]["test"], a["split"]["fitted_on"]
+    i, p = s["image"], s["pixel"]
+    doc.text(f"The shared split's operating point: the image and pixel thresholds were fitted on the split's "
+             f"{fitted['val']} val images and {fitted['train_good_holdout']} held-out train/good images, never on a "
+             f"test image, then applied once to the split's {i['images']} test images.")
+    doc.table(["image threshold", "test images", "F1", "precision", "recall", "accuracy", "TP / FP / TN / FN",
+               "AUROC (split test)"],
+              [[i["threshold"], i["images"], i["f1"], i["precision"], i["recall"], i["accuracy"],
+                f"{i['tp']} / {i['fp']} / {i['tn']} / {i['fn']}", i.get("auroc")]])
+    doc.table(["pixel threshold", "defective images", "mean IoU", "mean Dice", "pixel F1", "pixel precision",
+               "pixel recall", "good images with no pixel flagged"],
+              [[p["threshold"], p["defective_images"], p["mean_iou"], p["mean_dice"], p["pixel_f1"],
+                p["pixel_precision"], p["pixel_recall"],
+                None if p["good_images_clean"] is None else f"{p['good_images_clean']:.3f} of {p['good_images']}"]])
+    doc.images([Path(x) for x in (a.get("overlays") or [])[:limit]],
+               "PatchCore: anomaly heat map over each test image, the true defect outline in white, and the verdict "
+               "at the fitted image threshold")
+
+
+def comparison(doc: Document, result: Comparison) -> None:
+    """Image-level defect detection by every method on the same test images (``pipeline.report.compare``)."""
+    doc.heading("Good-only against supervised, on the same test images")
+    doc.text("Each method read as an image-level defect detector (an image is positive when MVTec files it under a "
+             "defect class) on the shared split's test images, each at its own operating point: PatchCore's image "
+             "score at its fitted threshold, the best classification attempt's argmax (defective when it is not "
+             "good), and the detector finding a box (its highest box score at the stage's `yolo.conf`).")
+    rows = []
+    for r in result.rows:
+        sig = r.signal
+        if sig.absent:
+            rows.append([sig.method, sig.absent, *["–"] * 6])
+            continue
+        rows.append([sig.method, sig.point, f"{r.images} ({r.defective} / {r.images - r.defective})",
+                     r.auroc if r.auroc is not None else f"– ({r.why_no_auroc})", r.at_point.get("f1"),
+                     r.at_point.get("precision"), r.at_point.get("recall"), r.at_point.get("accuracy")])
+    doc.table(["method", "operating point", "images (defective / good)", "AUROC", "F1", "precision", "recall",
+               "accuracy"], rows)
+    doc.text(result.sentence)
+    doc.bullets(result.notes)
+
+
 def overlays(doc: Document, yolo: Stage, sam: Stage, limit: int = 6) -> None:
     doc.heading("Predictions on test images")
     shown = False
@@ -194,22 +260,19 @@ def environment(doc: Document, stages: dict[str, Stage], walls: dict[str, float 
 def provenance(doc: Document, stages: dict[str, Stage]) -> None:
     doc.heading("Provenance")
     rows = []
-    for stage in ("yolo", "sam"):
+    for stage in WEIGHTED:  # one set of weights (yolo, sam, anomaly), or one per backbone of the attempts (classify)
         m = stages.get(stage)
-        if m:
-            w = m["weights"]
-            rows.append([stage, w["name"], w["source"], w.get("file"), (w.get("sha256") or "")[:16] or None])
-    if stages.get("yolo"):
-        t = stages["yolo"]["text_embeddings"]
-        rows.append(["yolo prompts", "text embeddings", t["source"], t.get("file"), (t.get("sha256") or "")[:16] or None])
-    cls = stages.get("classify")
-    if cls:
+        if not m:
+            continue
         seen = {}
-        for a in cls["attempts"]:
-            for w in a["weights"]:
-                seen[w["name"]] = w
-        rows += [["classify", n, w["source"], w.get("file"), (w.get("sha256") or "")[:16] or None]
-                 for n, w in seen.items()]
+        for w in [m["weights"]] if isinstance(m.get("weights"), dict) else [
+                w for a in m.get("attempts") or [] for w in a["weights"]]:
+            seen[w["name"]] = w
+        rows += [[stage, n, w["source"], w.get("file"), (w.get("sha256") or "")[:16] or None] for n, w in seen.items()]
+        t = m.get("text_embeddings")
+        if stage == "yolo" and t:
+            rows.append(["yolo prompts", "text embeddings", t["source"], t.get("file"),
+                         (t.get("sha256") or "")[:16] or None])
     if rows:
         doc.table(["stage", "weights", "source", "file", "sha256 (prefix)"], rows)
     else:

@@ -177,7 +177,8 @@ def fit(model: Classifier, a: Attempt, fold: Fold, names: list[str], cache: Imag
         "train": {**parts["train"], "epoch_loss": chosen["train_loss"], "epoch_acc": chosen["train_acc"]},
         "val": parts["val"], "test": parts["test"],
         "test_predictions": {"rel": [s.rel for s in fold.test], "label": labels.tolist(),
-                             "pred": probs.argmax(1).tolist()},
+                             "pred": probs.argmax(1).tolist(),  # probs: what ranks images (an AUROC)
+                             "probs": [[round(float(p), 6) for p in row] for row in probs.tolist()]},
         "history": history,
         "images_per_s": round(train_images / train_seconds, 2) if train_seconds else None,
         "wall_s": round(time.perf_counter() - start, 3),
