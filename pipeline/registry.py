@@ -307,7 +307,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("anomaly", ("anomaly",),
           "Good-only defect detection: PatchCore fitted on train/good, image/pixel AUROC and AUPRO on MVTec's test "
           "set, and the shared split at a threshold fitted without test images.",
-          ("seed", "allow_random_init", "paths", "data", "anomaly"), _anomaly, _anomaly_inputs, lambda folder: [folder],
+          # data.mask_threshold matters too, through the dataset it converted (an input): not data.root
+          ("seed", "allow_random_init", "paths", "anomaly"), _anomaly, _anomaly_inputs, lambda folder: [folder],
           "Output folder (default: runs/<category>/anomaly).", _anomaly_done,
           lambda folder: AnomalyFiles(folder).metrics, writes="staged", reads_dataset=True, trains=True,
           options=(Option("backbone", str, "wide_resnet50_2 (default) or resnet18 (the cpu profile's).",

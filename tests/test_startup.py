@@ -107,10 +107,16 @@ def test_cpu_stages_and_every_up_to_date_skip_import_no_torch(tiny_root, tmp_pat
                 {"zero_shot": zero, "finetuned": zero, "timing_s": {"total": 0.0}})
     _stub_stage(monkeypatch, "pipeline.stages.sam.run", "run_finetune_sam", None)
     _stub_stage(monkeypatch, "pipeline.stages.classify.run", "run_classify", None)
+    _stub_stage(monkeypatch, "pipeline.stages.anomaly.run", "run_anomaly", None)
     for args in steps[2:5]:
         _in_process(*args)
+    _in_process("anomaly", "bottle", "--profile", "auto")
     err, heavy = pipe_process(tmp_path, no_gpu, *steps[5])
     assert "skipped" not in err and heavy == [], err
     for args in steps:  # what `just all` does when everything is up to date
         err, heavy = pipe_process(tmp_path, no_gpu, *args)
         assert "up to date" in err and heavy == [], (args, err)
+    from pipeline.registry import STAGES
+
+    err, heavy = pipe_process(tmp_path, no_gpu, "all", "bottle", *root)  # `just all`: every stage, one process
+    assert " ".join(err.split()).count("up to date") == len(STAGES) and heavy == [], err
