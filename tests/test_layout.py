@@ -108,3 +108,17 @@ def test_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("MVTEC_ROOT", str(tmp_path))
     assert resolve_root(None) == tmp_path
     assert str(resolve_root("given")) == "given"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P", "LA", "RGBA", "I;16"])
+def test_png_header_gives_what_pillow_reads(tmp_path, mode):
+    """probe reads a PNG's size and channels from its IHDR chunk: the same answer Pillow gives."""
+    from PIL import Image
+
+    from pipeline.data.images import probe
+
+    path = tmp_path / f"x-{mode.replace(';', '')}.png"
+    Image.new(mode, (37, 21)).save(path)
+    info = probe(path)
+    with Image.open(path) as im:
+        assert (info.width, info.height, info.channels) == (im.width, im.height, len(im.getbands()))
