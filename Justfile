@@ -54,6 +54,11 @@ report *ARGS:
 bench-sam *ARGS:
     python bench/sam.py --category {{category}} {{ARGS}}
 
+# PatchCore: pipe's against anomalib's (bench-only .venv-bench/), same data and backbone weights (prints a table, writes bench/results/)
+bench-anomaly *ARGS:
+    test -x .venv-bench/bin/python || (python3 -m venv .venv-bench && .venv-bench/bin/pip install -r bench/requirements-anomalib.txt)
+    MVTEC_ROOT="${MVTEC_ROOT:-../shared/data/mvtec}" python bench/anomaly.py --category {{category}} {{ARGS}}
+
 # YOLO-World training throughput and inference latency (prints a table, writes bench/results/)
 bench-yolo *ARGS:
     python bench/yolo.py --category {{category}} {{ARGS}}

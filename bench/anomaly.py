@@ -1,0 +1,392 @@
+"""PatchCore: pipe's against anomalib's, in one run, on the same machine, data and backbone weights.
+
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install -r bench/requirements-anomalib.txt   # once
+    python bench/anomaly.py --root ../shared/data/mvtec --category bottle        # resnet18 at 128 px (CPU-sized)
+    python bench/anomaly.py --backbone wide_resnet50_2 --imgsz 256 --set anomaly.target_dim=1536   # the paper's
+
+(pipe pools each patch to the config's ``target_dim`` (1024); anomalib keeps every channel, 384 for resnet18
+and 1536 for wide_resnet50_2, hence ``target_dim=1536`` for like-for-like patches with the latter.) The root
+is --root, else $MVTEC_ROOT, else ../shared/data/mvtec; without the category there, a synthetic one.
+
+MVTec's ``train/good`` is the memory bank's source and the whole ``test/`` folder is scored, read once by
+pipe's data layer (``load_category``, ``stages.anomaly.data.images``/``masks``) into uint8 arrays that both
+sides receive. Both build their backbone from one state_dict written here: the pretrained torchvision file
+when ``weights/`` holds it (nothing is downloaded), else a random initialisation from the config's seed
+(said loudly: the AUROCs then measure an untrained network, the comparison is still like for like). Same
+layers, coreset ratio, neighbours, image size, batch, threads and device on both sides; the config's
+``anomaly:`` section supplies what the options do not (``--set anomaly.coreset_ratio=0.01``).
+
+Each side runs in its own process, one after the other (``--repeat`` rounds alternate them; timings are
+medians): pipe's ``PatchCore`` in this environment, anomalib's ``PatchcoreModel`` with
+``.venv-bench/bin/python bench/_anomalib_patchcore.py``. Each times ``fit`` (features of every training image
++ coreset) and scoring (features + nearest neighbours + maps) after one untimed warm-up batch, in wall and
+process CPU seconds (the machine's load average is recorded beside them: on a shared machine wall time is
+only as quiet as the neighbours), and reports its peak RSS (``getrusage``; also above the level reached once
+imports, data and model were in place) and, on CUDA, ``torch.cuda.max_memory_allocated``. Scores and maps
+come back as arrays, and pipe's ``pipeline.metrics.anomaly`` measures both, so only the models differ.
+
+Two checks separate the causes of a difference. The state_dict's loading into anomalib's timm extractor:
+both extractors' features (and patch embeddings, when pipe does not pool them to a smaller ``target_dim``)
+on the first training batch. The scoring alone: anomalib's model scores pipe's memory bank (untimed), so
+what remains between the two is its map upsampling, and what differs from its own run is its coreset.
+
+Without the bench environment pipe's side still runs and the table says why anomalib's is missing. Prints a
+Markdown table, writes JSON (default bench/results/anomaly-<category>.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
+ANOMALIB_SIDE = Path(__file__).resolve().with_name("_anomalib_patchcore.py")
+INSTALL = "python3 -m venv .venv-bench && .venv-bench/bin/pip install -r bench/requirements-anomalib.txt"
+
+
+def rss_mib() -> float:
+    """This process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pipe_side(folder: Path) -> None:
+    """pipe's side, in a process of its own (``--worker FOLDER``): what ``_anomalib_patchcore.py`` does, with
+    ``pipeline.stages.anomaly.model.PatchCore``."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import torch
+
+    from pipeline.stages.anomaly.model import FeatureExtractor, PatchCore
+
+    p = json.loads((folder / "params.json").read_text())
+    torch.set_num_threads(p["threads"])
+    device = torch.device(p["device"])
+    cuda = device.type == "cuda"
+    data = np.load(folder / "inputs.npz")
+    train, test = torch.from_numpy(data["train"]), torch.from_numpy(data["test"])
+    batch = p["batch"]
+    extractor = FeatureExtractor(p["backbone"], p["layers"], folder / "backbone.pt", p["seed"])
+    model = PatchCore(extractor, p["target_dim"], p["coreset_ratio"], p["projection_dim"], p["num_neighbors"],
+                      p["sigma"], p["seed"]).to(device)
+    with torch.inference_mode():
+        model.embed(train[:batch])  # the warm-up anomalib's side has too
+    baseline = rss_mib()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+    start, cpu = time.perf_counter(), time.process_time()
+    model.fit(train[i:i + batch] for i in range(0, len(train), batch))  # uint8 in: the model converts
+    if cuda:
+        torch.cuda.synchronize()
+    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    after_fit = rss_mib()
+
+    scores, maps = [], []
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for i in range(0, len(test), batch):
+            s, m = model.score(test[i:i + batch])
+            scores.append(s.float().cpu())
+            maps.append(m.float().cpu())
+    if cuda:
+        torch.cuda.synchronize()
+    predict_s, predict_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    np.save(folder / "pipe_bank.npy", model.memory_bank.cpu().numpy())
+    np.save(folder / "pipe_scores.npy", torch.cat(scores).numpy())
+    np.save(folder / "pipe_maps.npy", torch.cat(maps).numpy())
+    result = {
+        "fit_s": fit_s, "predict_s": predict_s, "fit_cpu_s": fit_cpu_s, "predict_cpu_s": predict_cpu_s,
+        "ms_per_image": 1000 * predict_s / len(test),
+        "rss_baseline_mib": baseline, "rss_after_fit_mib": after_fit, "rss_peak_mib": rss_mib(),
+        "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        "memory_bank": list(model.memory_bank.shape),
+    }
+    (folder / "pipe.json").write_text(json.dumps(result, indent=1))
+
+
+def run_side(name: str, cmd: list[str], folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Run one side's process; its JSON, or (None, why) when it failed."""
+    (folder / f"{name}.json").unlink(missing_ok=True)
+    load_before = os.getloadavg()[0]  # other processes on the machine: timings are only as quiet as it is
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    took = time.perf_counter() - start
+    (folder / f"{name}.log").write_text(proc.stdout)
+    if proc.returncode or not (folder / f"{name}.json").is_file():
+        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+        return None, f"`{shlex.join(cmd)}` exited {proc.returncode}:\n{tail}"
+    out = json.loads((folder / f"{name}.json").read_text())
+    out["process_s"] = took
+    out["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return out, None
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        pipe_side(Path(sys.argv[2]))
+        return
+
+    from _shared import parser, save_result
+
+    ap = parser(__doc__, "anomaly")
+    ap.set_defaults(root=os.environ.get("MVTEC_ROOT") or str(REPO.parent / "shared" / "data" / "mvtec"))
+    ap.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"],
+                    help="torchvision/timm ResNet both sides build (default resnet18: CPU-sized)")
+    ap.add_argument("--imgsz", type=int, default=128, help="square side images and masks are resized to")
+    ap.add_argument("--device", default="auto", help="auto (cuda:0 when present), cpu or cuda:N; both sides")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of both sides (default torch's)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds, alternating the sides; timings are medians")
+    ap.add_argument("--bench-python", type=Path, default=BENCH_PYTHON,
+                    help=f"the bench-only environment's python with anomalib (default {BENCH_PYTHON})")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.data.layout import load_category
+    from pipeline.data.synth import synthesize
+    from pipeline.device import environment, select_device
+    from pipeline.metrics import anomaly as metrics
+    from pipeline.stages.anomaly import data as anomaly_data
+    from pipeline.stages.anomaly.model import FeatureExtractor, PatchCore, build_backbone
+    from pipeline.weights import resolve
+
+    cfg = load_config(args.category, args.profile, overrides=[
+        *args.set, f"anomaly.backbone={args.backbone}", f"anomaly.imgsz={args.imgsz}", "allow_random_init=true"])
+    a = cfg.anomaly
+    device = select_device(args.device)
+    threads = args.threads or torch.get_num_threads()
+    work = Path(tempfile.mkdtemp(prefix="bench-anomaly-"))
+    try:
+        root, kind = Path(args.root), "real"
+        if not (root / args.category).is_dir():
+            s = cfg.synth
+            print(f"{root / args.category}: not found; using a synthetic {args.category}")
+            root = synthesize(args.category, work / "synthetic", s.size, s.train_good, s.test_good,
+                              s.test_per_defect, s.seed).parent
+            kind = "synthetic"
+        cat = load_category(root, args.category, cfg.data.mask_threshold)
+        train = sorted((s for s in cat.samples if s.split == "train"), key=lambda s: s.rel)
+        test = sorted((s for s in cat.samples if s.split == "test"), key=lambda s: s.rel)
+        start = time.perf_counter()
+        train_x = anomaly_data.images(train, a.imgsz)
+        test_x = anomaly_data.images(test, a.imgsz)
+        masks = anomaly_data.masks(cat, test, a.imgsz)
+        labels = anomaly_data.labels(test)
+        load_s = time.perf_counter() - start
+
+        def u8(x: torch.Tensor) -> np.ndarray:  # exact: images() is uint8 / 255, both sides divide again
+            return x.mul(255).round_().to(torch.uint8).numpy()
+
+        np.savez(work / "inputs.npz", train=u8(train_x), test=u8(test_x))
+        weights_dir = Path(cfg.paths.weights) if Path(cfg.paths.weights).is_absolute() else REPO / cfg.paths.weights
+        weights = resolve(a.backbone, weights_dir, allow_random_init=True, download=False)
+        net = build_backbone(a.backbone, weights.path, cfg.seed)
+        torch.save(net.state_dict(), work / "backbone.pt")
+        params = {"backbone": a.backbone, "layers": list(a.layers), "coreset_ratio": a.coreset_ratio,
+                  "num_neighbors": a.num_neighbors, "target_dim": a.target_dim, "projection_dim": a.projection_dim,
+                  "sigma": a.sigma, "batch": a.batch, "seed": cfg.seed, "device": device, "threads": threads}
+        (work / "params.json").write_text(json.dumps(params))
+        weights_note = (f"pretrained {weights.path.name} (sha256 {weights.sha256[:12]})" if weights.path else
+                        f"RANDOM INITIALISATION from seed {cfg.seed}: no pretrained {a.backbone} file in "
+                        f"{weights_dir}/ (nothing is downloaded here); both sides load this same state_dict, "
+                        f"so the comparison is like for like, but the AUROCs measure an untrained network")
+        print(f"{args.category} ({kind}): {len(train)} train/good images fitted, {len(test)} test images scored "
+              f"({int(labels.sum())} defective), {a.imgsz} px, read in {load_s:.1f} s")
+        print(f"backbone {a.backbone} {'+'.join(a.layers)}: {weights_note}")
+        print(f"device {device}, {threads} thread(s), batch {a.batch}, coreset ratio {a.coreset_ratio}, "
+              f"{a.num_neighbors} neighbours, {args.repeat} round(s)\n", flush=True)
+
+        missing = None
+        if not args.bench_python.is_file():
+            missing = (f"{args.bench_python} not found: anomalib lives in a bench-only environment; create it "
+                       f"with `{INSTALL}`")
+        pipe_cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(work)]
+        anomalib_cmd = [str(args.bench_python), str(ANOMALIB_SIDE), str(work)]
+        runs: dict[str, list[dict[str, Any]]] = {"pipe": [], "anomalib": []}
+        arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for r in range(args.repeat):
+            for name, cmd in (("pipe", pipe_cmd), ("anomalib", anomalib_cmd)):
+                if name == "anomalib" and missing:
+                    continue
+                print(f"round {r + 1}/{args.repeat}: {name} ...", flush=True)
+                out, why = run_side(name, cmd, work)
+                if out is None:
+                    if name == "pipe":
+                        raise SystemExit(why)
+                    missing = why
+                    continue
+                runs[name].append(out)
+                if name not in arrays:
+                    arrays[name] = (np.load(work / f"{name}_scores.npy"), np.load(work / f"{name}_maps.npy"))
+        if missing:
+            print(f"\nanomalib's side did not run: {missing}\n")
+        same_bank = None
+        if "anomalib" in arrays:
+            bank_dim = np.load(work / "pipe_bank.npy", mmap_mode="r").shape[1]
+            if bank_dim == np.load(work / "anomalib_features.npz")["embedding"].shape[-1]:
+                print("anomalib scoring pipe's memory bank (the check of the scoring alone) ...", flush=True)
+                out, why = run_side("anomalib_samebank", [*anomalib_cmd, "--bank", str(work / "pipe_bank.npy")], work)
+                same_bank = why if out is None else (np.load(work / "anomalib_samebank_scores.npy"),
+                                                      np.load(work / "anomalib_samebank_maps.npy"))
+
+        # the state_dict check: both extractors' features (and embeddings) on the first training batch
+        checks: dict[str, Any] = {}
+        if (work / "anomalib_features.npz").is_file() and "anomalib" in arrays:
+            theirs = np.load(work / "anomalib_features.npz")
+            extractor = FeatureExtractor(a.backbone, a.layers, work / "backbone.pt", cfg.seed)
+            batch = train_x[:a.batch]
+            ours = extractor(batch)
+            checks["feature_max_abs_diff"] = {
+                layer: float(np.abs(f.numpy() - theirs[f"feat_{layer}"]).max()) for layer, f in zip(a.layers, ours)}
+            checks["feature_max_abs"] = {layer: float(f.abs().max()) for layer, f in zip(a.layers, ours)}
+            emb = PatchCore(extractor, a.target_dim, a.coreset_ratio, a.projection_dim, a.num_neighbors,
+                            a.sigma, cfg.seed).embed(batch).numpy()
+            if emb.shape == theirs["embedding"].shape:
+                checks["embedding_max_abs_diff"] = float(np.abs(emb - theirs["embedding"]).max())
+            else:
+                checks["embedding_max_abs_diff"] = None
+                checks["embedding_note"] = (f"pipe pools each patch to target_dim {emb.shape[-1]}; anomalib keeps "
+                                            f"all {theirs['embedding'].shape[-1]} channels")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def summary(name: str) -> dict[str, Any] | None:
+        if not runs[name]:
+            return None
+        first = runs[name][0]
+        med = {k: statistics.median(r[k] for r in runs[name])
+               for k in ("fit_s", "predict_s", "ms_per_image", "fit_cpu_s", "predict_cpu_s")}
+        scores, maps = arrays[name]
+        return {
+            "image_auroc": metrics.image_auroc(scores, labels),
+            "pixel_auroc": metrics.pixel_auroc(maps, masks),
+            "aupro_0.3": metrics.aupro(maps, masks, 0.3),
+            **med, "fit_predict_s": med["fit_s"] + med["predict_s"],
+            "fit_predict_cpu_s": med["fit_cpu_s"] + med["predict_cpu_s"],
+            "rss_peak_mib": statistics.median(r["rss_peak_mib"] for r in runs[name]),
+            "rss_above_baseline_mib": statistics.median(r["rss_peak_mib"] - r["rss_baseline_mib"] for r in runs[name]),
+            "rss_peak_mib_max": max(r["rss_peak_mib"] for r in runs[name]),
+            "cuda_peak_mib": first.get("cuda_peak_mib"),
+            "memory_bank": first["memory_bank"],
+            "rounds": runs[name],
+        }
+
+    sides = {"pipe": summary("pipe"), "anomalib": summary("anomalib")}
+    pipe, other = sides["pipe"], sides["anomalib"]
+    assert pipe is not None
+
+    def fmt(v: Any, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    rows: list[tuple[str, str, str]] = [  # (label, key, format)
+        ("image AUROC", "image_auroc", ".4f"), ("pixel AUROC", "pixel_auroc", ".4f"),
+        ("AUPRO (FPR <= 0.3)", "aupro_0.3", ".4f"), ("fit s", "fit_s", ".2f"), ("predict s", "predict_s", ".2f"),
+        ("ms / test image", "ms_per_image", ".1f"), ("fit + predict s", "fit_predict_s", ".2f"),
+        ("fit CPU s", "fit_cpu_s", ".1f"), ("predict CPU s", "predict_cpu_s", ".1f"),
+        ("fit + predict CPU s", "fit_predict_cpu_s", ".1f"),
+        ("peak RSS MiB", "rss_peak_mib", ".0f"), ("RSS above baseline MiB", "rss_above_baseline_mib", ".0f"),
+        ("peak RSS MiB, worst round", "rss_peak_mib_max", ".0f")]
+    if device.startswith("cuda"):
+        rows.append(("CUDA peak allocated MiB", "cuda_peak_mib", ".0f"))
+    print(f"\n| {'':<26} | {'pipe':>10} | {'anomalib':>10} | {'pipe vs anomalib':<22} |")
+    print(f"|{'-' * 28}|{'-' * 12}|{'-' * 12}|{'-' * 24}|")
+    comparison: dict[str, float | None] = {}
+    for label, key, spec in rows:
+        mine, theirs = pipe[key], other[key] if other else None
+        if theirs is None or mine is None:
+            vs = "n/a"
+            comparison[key] = None
+        elif key.endswith("auroc") or key.startswith("aupro"):
+            comparison[key] = mine - theirs
+            vs = f"{mine - theirs:+.4f}"
+        elif key.endswith("_s") or key == "ms_per_image":
+            comparison[key] = theirs / mine
+            vs = f"{theirs / mine:.2f}x faster" if mine <= theirs else f"{mine / theirs:.2f}x slower"
+        else:
+            comparison[key] = mine / theirs
+            vs = f"{mine / theirs:.2f}x"
+        print(f"| {label:<26} | {fmt(mine, spec):>10} | {fmt(theirs, spec):>10} | {vs:<22} |")
+    bank = lambda s: "x".join(map(str, s["memory_bank"])) if s else "n/a"
+    print(f"| {'memory bank':<26} | {bank(pipe):>10} | {bank(other):>10} | {'':<22} |")
+
+    goals: dict[str, bool | None] = {"auroc_within_0.01": None, "pipe_2x_faster_fit_predict": None}
+    if other:
+        goals["auroc_within_0.01"] = bool(abs(comparison["image_auroc"]) <= 0.01
+                                          and abs(comparison["pixel_auroc"]) <= 0.01)
+        goals["pipe_2x_faster_fit_predict"] = bool(comparison["fit_predict_s"] >= 2)
+        agree = float(np.corrcoef(np.argsort(np.argsort(pipe_scores := arrays["pipe"][0])),
+                                  np.argsort(np.argsort(arrays["anomalib"][0])))[0, 1])
+        map_corr = float(np.corrcoef(arrays["pipe"][1].ravel(), arrays["anomalib"][1].ravel())[0, 1])
+        checks["image_score_spearman"] = agree
+        checks["map_pearson"] = map_corr
+        print(f"\ngoals: image and pixel AUROC within 0.01: {'yes' if goals['auroc_within_0.01'] else 'NO'}; "
+              f"pipe >= 2x faster on fit + predict: {'yes' if goals['pipe_2x_faster_fit_predict'] else 'NO'} "
+              f"({comparison['fit_predict_s']:.2f}x)")
+        diffs = ", ".join(f"{k} {v:.2e}" for k, v in checks["feature_max_abs_diff"].items())
+        scale = ", ".join(f"{k} {v:.3g}" for k, v in checks["feature_max_abs"].items())
+        emb = checks["embedding_max_abs_diff"]
+        print(f"same weights check, first {min(a.batch, len(train))} training images: max |pipe - anomalib| "
+              f"features {diffs} (largest |feature|: {scale}); patch embeddings "
+              f"{checks.get('embedding_note') if emb is None else format(emb, '.2e')}")
+        if isinstance(same_bank, tuple):
+            ss, sm = same_bank
+            ps, pm = arrays["pipe"]
+            checks["same_bank"] = {
+                "image_score_max_abs_diff": float(np.abs(ss - ps).max()),
+                "image_auroc": metrics.image_auroc(ss, labels), "pixel_auroc": metrics.pixel_auroc(sm, masks),
+                "map_max_abs_diff": float(np.abs(sm - pm).max()), "map_pearson": float(np.corrcoef(sm.ravel(),
+                                                                                                  pm.ravel())[0, 1])}
+            sb = checks["same_bank"]
+            print(f"anomalib on pipe's memory bank: image scores max |diff| {sb['image_score_max_abs_diff']:.2e}, "
+                  f"image AUROC {sb['image_auroc']:.4f} (pipe {pipe['image_auroc']:.4f}), pixel AUROC "
+                  f"{sb['pixel_auroc']:.4f} (pipe {pipe['pixel_auroc']:.4f}), maps max |diff| "
+                  f"{sb['map_max_abs_diff']:.3g}, Pearson {sb['map_pearson']:.4f}")
+            split = {f"{what}_auroc": {"scoring": pipe[f"{what}_auroc"] - sb[f"{what}_auroc"],
+                                       "coreset": sb[f"{what}_auroc"] - other[f"{what}_auroc"]}
+                     for what in ("image", "pixel")}
+            sb["difference_split"] = split
+            print(f"  -> pipe - anomalib = scoring (pipe's bank, either model; the maps: pipe upsamples patch scores "
+                  f"bilinearly, anomalib nearest) + coreset (anomalib on pipe's bank vs on its own): image "
+                  f"{split['image_auroc']['scoring']:+.4f} + {split['image_auroc']['coreset']:+.4f}, pixel "
+                  f"{split['pixel_auroc']['scoring']:+.4f} + {split['pixel_auroc']['coreset']:+.4f}")
+        elif same_bank:
+            checks["same_bank"] = same_bank
+            print(f"anomalib on pipe's memory bank did not run: {same_bank}")
+        print(f"agreement: image scores Spearman {agree:.4f}, anomaly maps Pearson {map_corr:.4f} "
+              f"(scores: pipe {pipe_scores.min():.3g}..{pipe_scores.max():.3g}, anomalib "
+              f"{arrays['anomalib'][0].min():.3g}..{arrays['anomalib'][0].max():.3g})")
+    else:
+        print(f"\ngoals not measured: anomalib's side did not run ({missing.splitlines()[0]})")
+    loads = "; ".join(f"{n} " + ", ".join(f"{r['load_avg_1min'][0]}->{r['load_avg_1min'][1]}" for r in runs[n])
+                      for n in runs if runs[n])
+    print(f"machine load (1-min average, before->after each process; {os.cpu_count()} cores): {loads}")
+    print(f"backbone weights: {weights_note}")
+
+    env = environment(device)
+    versions = (other["rounds"][0].get("versions") if other else None)
+    result = {"bench": "anomaly", "category": args.category, "data": kind, "root": str(root),
+              "images": {"train_good": len(train), "test": len(test), "test_defective": int(labels.sum())},
+              "params": {**params, "imgsz": a.imgsz}, "weights": weights.provenance, "weights_note": weights_note,
+              "device": device, "device_name": env["device_name"], "environment": env,
+              "anomalib_environment": versions, "anomalib_missing": missing, "repeat": args.repeat,
+              "sides": sides, "pipe_vs_anomalib": comparison, "goals": goals, "checks": checks}
+    save_result("anomaly", args.category, result, args.json)
+
+
+if __name__ == "__main__":
+    main()
