@@ -280,6 +280,25 @@ class ReportFiles:
     def figures(self) -> Path:
         return self.folder / "figures"
 
+    @property
+    def pr_curve(self) -> Path:
+        return self.figures / "pr_curve.png"
+
+
+@dataclass(frozen=True)
+class AnomalyTableFiles:
+    """``pipe anomaly-all``'s table over every category (beside the categories' run folders)."""
+
+    folder: Path
+
+    @property
+    def json(self) -> Path:
+        return self.folder / "anomaly-all.json"
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / "anomaly-all.md"
+
 
 @dataclass(frozen=True)
 class Workspace:

@@ -151,7 +151,7 @@ def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = No
     sections.headline(doc, cfg.category, measured(loaded), notes, data_kinds(loaded) == {"real"})
     sections.dataset(doc, loaded["stats"], cfg.category)
     sections.converted(doc, loaded["convert"], cfg.category)
-    sections.detection(doc, loaded["yolo"], files.figures, cfg.category)
+    sections.detection(doc, loaded["yolo"], files.pr_curve, cfg.category)
     sections.segmentation(doc, loaded["sam"], cfg.category)
     sections.classification(doc, loaded["classify"], cfg.category)
     sections.anomaly(doc, loaded["anomaly"], cfg.category)

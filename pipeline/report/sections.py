@@ -108,7 +108,7 @@ def converted(doc: Document, report: Stage, category: str) -> None:
         ["YOLO-seg polygon IoU, minimum", f.get("yolo_seg_iou_min")], ["YOLO boxes exact", f.get("yolo_boxes_exact")]])
 
 
-def detection(doc: Document, yolo: Stage, figures: Path, category: str) -> None:
+def detection(doc: Document, yolo: Stage, pr_curve: Path, category: str) -> None:
     doc.heading("Detection (YOLO-World)")
     if yolo is None:
         return _missing(doc, "yolo", category)
@@ -120,7 +120,7 @@ def detection(doc: Document, yolo: Stage, figures: Path, category: str) -> None:
               [[c, z["ap50_per_class"].get(c), v] for c, v in f["ap50_per_class"].items()])
     doc.bullets([f"Caveat: {c}" for c in z.get("caveats", [])])
     pr = plots.pr_curves({"zero-shot": z["pr_curve"], "fine-tuned": f["pr_curve"]},
-                         "Detection PR curve (test split, IoU 0.5, mean over classes)", figures / "pr_curve.png")
+                         "Detection PR curve (test split, IoU 0.5, mean over classes)", pr_curve)
     doc.images([pr], "Precision-recall on the test split, before and after fine-tuning")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import write_json, write_text
+from pipeline.workspace import AnomalyTableFiles
 
 COLUMNS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3"),
            ("fit_s", "fit s"), ("ms_per_image", "ms/image"))
@@ -58,5 +59,5 @@ def markdown(doc: Mapping[str, Any]) -> str:
 
 
 def write(doc: Mapping[str, Any], folder: Path) -> tuple[Path, Path]:
-    return write_json(Path(folder) / "anomaly-all.json", doc), write_text(Path(folder) / "anomaly-all.md",
-                                                                          markdown(doc))
+    files = AnomalyTableFiles(Path(folder))
+    return write_json(files.json, doc), write_text(files.markdown, markdown(doc))
