@@ -79,13 +79,14 @@ def index_masks(cat: Category, folder: Path) -> Path:
     import cv2
 
     from pipeline.data.images import binarize, read_mask_raw
+    from pipeline.workspace import flat_name
 
     folder.mkdir(parents=True, exist_ok=True)
     defects = cat.spec.defects
     for s in cat.samples:
         if s.mask is not None:
             m = binarize(read_mask_raw(s.mask)).astype("uint8") * (defects.index(s.label) + 1)
-            cv2.imwrite(str(folder / s.rel.replace("/", "_")), m)
+            cv2.imwrite(str(folder / flat_name(s.rel)), m)
     return folder
 
 

@@ -223,16 +223,15 @@ def test_classifier_probabilities_rank_when_recorded(tmp_path):
     assert summary["defect_detection"]["best_by_auroc"] == ["patchcore", "classifier"]
 
 
-def test_classifier_record_without_names_follows_the_split_order_only_when_it_matches():
+def test_classifier_record_without_image_names_is_not_compared():
     cls = {"classes": ["good", "crack"], "summary": {"best": "A"}, "attempts": [{"id": "A"}]}
-    splits = {"labels": {r: r.split("/")[1] for r in RELS}, "splits": {"test": RELS}}
-    unnamed = {"test_predictions": {"label": [1, 1, 0, 0], "pred": [1, 0, 0, 1]}}
-    s = compare.classifier(cls, unnamed, splits, "pipe classify bottle")
+    named = {"test_predictions": {"rel": RELS, "label": [1, 1, 0, 0], "pred": [1, 0, 0, 1]}}
+    s = compare.classifier(cls, named, "pipe classify bottle")
     assert s.absent is None and s.decisions == dict(zip(RELS, [True, False, False, True]))
-    shuffled = {"test_predictions": {"label": [0, 1, 1, 0], "pred": [1, 0, 0, 1]}}
-    s = compare.classifier(cls, shuffled, splits, "pipe classify bottle")
-    assert s.absent == "its test predictions name no images and do not match splits.json's test order"
-    assert compare.classifier(cls, None, splits, "c", "runs/A/split.json").absent == (
+    unnamed = {"test_predictions": {"label": [1, 1, 0, 0], "pred": [1, 0, 0, 1]}}
+    s = compare.classifier(cls, unnamed, "pipe classify bottle")
+    assert s.absent == "its test predictions name no images: `pipe classify bottle --force` writes them again"
+    assert compare.classifier(cls, None, "c", "runs/A/split.json").absent == (
         "no test predictions: `runs/A/split.json` is missing")
 
 
@@ -241,7 +240,7 @@ def test_only_images_every_method_scored_are_compared():
     a = {"test_scores": dict(zip(RELS, PATCHCORE_SCORES)), "thresholds": {"image": 0.45}}
     cls = {"classes": ["good", "crack"], "summary": {"best": "A"}, "attempts": [{"id": "A"}]}
     partial = {"test_predictions": {"rel": RELS[1:], "label": [1, 0, 0], "pred": [1, 0, 1]}}
-    result = compare.compare([compare.patchcore(a, "x"), compare.classifier(cls, partial, splits, "y")], splits)
+    result = compare.compare([compare.patchcore(a, "x"), compare.classifier(cls, partial, "y")], splits)
     assert result.images == RELS[1:] and result.rows[0].images == 3
     # PatchCore on 0.4 | 0.5 0.1: the defective image beats one good image of two
     assert result.rows[0].auroc == pytest.approx(0.5)

@@ -132,7 +132,7 @@ def comparison_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], c
         detections = _load("yolo", det_path, category)
         annotations = _load("convert", ann_path, category)
     signals = [compare.patchcore(a, sections.command("anomaly", category)),
-               compare.classifier(c, record, splits, sections.command("classify", category), str(record_path)),
+               compare.classifier(c, record, sections.command("classify", category), str(record_path)),
                compare.detector(y, detections, annotations, sections.command("yolo", category),
                                 (str(det_path), str(ann_path)))]
     return compare.compare(signals, splits)

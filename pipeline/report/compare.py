@@ -98,11 +98,9 @@ def patchcore(anomaly: Mapping[str, Any] | None, command: str) -> Signal:
                   {r: s >= t for r, s in scores.items()}, scores, splits_sha256=_sha(anomaly))
 
 
-def classifier(cls: Mapping[str, Any] | None, record: Mapping[str, Any] | None, splits: Mapping[str, Any] | None,
-               command: str, record_path: str = "") -> Signal:
-    """The best attempt's shared-split test predictions. They name their images (``rel``); a record without
-    names is matched to splits.json's test order, filtered to the classes learnt (the order in which
-    ``pipeline.stages.classify.data.load_labelled`` lists them), only when its labels agree image by image."""
+def classifier(cls: Mapping[str, Any] | None, record: Mapping[str, Any] | None, command: str,
+               record_path: str = "") -> Signal:
+    """The best attempt's shared-split test predictions, which name their images (``rel``)."""
     if cls is None:
         return Signal("classifier", "classifier (supervised)", absent=f"not run: `{command}`")
     best = (cls.get("summary") or {}).get("best")
@@ -116,14 +114,10 @@ def classifier(cls: Mapping[str, Any] | None, record: Mapping[str, Any] | None, 
     if GOOD not in classes:
         return Signal("classifier", name, absent=f"its classes ({', '.join(classes)}) do not include `{GOOD}`")
     p = record.get("test_predictions") or {}
-    labels, preds = list(p.get("label") or []), list(p.get("pred") or [])
-    rels = list(p.get("rel") or [])
+    preds, rels = list(p.get("pred") or []), list(p.get("rel") or [])
     if not rels:
-        test = [r for r in ((splits or {}).get("splits") or {}).get("test", []) if _label(r, splits) in classes]
-        if len(test) != len(labels) or any(classes[y] != _label(r, splits) for r, y in zip(test, labels)):
-            return Signal("classifier", name, absent="its test predictions name no images and do not match "
-                                                     "splits.json's test order")
-        rels = test
+        return Signal("classifier", name, absent=f"its test predictions name no images: `{command} --force` "
+                                                 f"writes them again")
     good = classes.index(GOOD)
     decisions = {r: int(y) != good for r, y in zip(rels, preds)}
     probs = p.get("probs")

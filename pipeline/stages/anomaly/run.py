@@ -70,14 +70,16 @@ def run_anomaly(cfg: Config, dataset: Dataset | Path, out: Path) -> dict[str, An
     with phases("score"):
         scored = data.scored
         scores, maps = _score(model, scored, a.imgsz, a.batch)
-    at = {s.rel: i for i, s in enumerate(scored)}
-
-    def pick(samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        idx = [at[s.rel] if s.split == "test" else scored.index(s) for s in samples]
-        return (scores[idx], maps[idx], anomaly_data.labels(samples),
-                anomaly_data.masks(data.category, samples, a.imgsz))
+    at = {s.rel: i for i, s in enumerate(scored)}  # MVTec paths are unique across train/ and test/
 
     with phases("evaluate"):
+        labels = anomaly_data.labels(scored)
+        masks = anomaly_data.masks(data.category, scored, a.imgsz)  # each mask decoded once
+
+        def pick(samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            idx = [at[s.rel] for s in samples]
+            return scores[idx], maps[idx], labels[idx], masks[idx]
+
         ws, wm, wl, wk = pick(data.whole_test)
         whole = {"images": len(data.whole_test), "image_auroc": metrics.image_auroc(ws, wl),
                  "pixel_auroc": metrics.pixel_auroc(wm, wk), "aupro": metrics.aupro(wm, wk, 0.3)}
