@@ -231,6 +231,10 @@ class SamFiles(_TrainedFiles):
     def last(self) -> Path:
         return self.folder / "last.pt"
 
+    def masks(self, prompts: str) -> Path:
+        """The fine-tuned decoder's test-split masks as COCO results, for ``prompts`` ``gt_boxes`` or ``detector``."""
+        return self.folder / f"masks_test_{prompts}.json"
+
 
 @dataclass(frozen=True)
 class ClassifyFiles(_TrainedFiles):
@@ -258,6 +262,59 @@ class AnomalyFiles(_TrainedFiles):
     def model(self) -> Path:
         """The fitted PatchCore: its memory bank and settings (``torch.load``)."""
         return self.folder / "patchcore.pt"
+
+
+@dataclass(frozen=True)
+class PredictFiles:
+    """One ``pipe predict`` run (``runs/<category>/predict/<name>``): what it found in each image."""
+
+    folder: Path
+
+    @property
+    def predictions(self) -> Path:
+        """One JSON line per image: boxes, masks (COCO RLE), label and probabilities, anomaly score, timings."""
+        return self.folder / "predictions.jsonl"
+
+    @property
+    def coco_results(self) -> Path:
+        """Detections and their masks as COCO results (what ``COCO.loadRes`` reads)."""
+        return self.folder / "coco_results.json"
+
+    @property
+    def coco_images(self) -> Path:
+        """The image ids and categories the results use: the ``images`` and ``categories`` of a COCO file."""
+        return self.folder / "coco_images.json"
+
+    @property
+    def overlays(self) -> Path:
+        return self.folder / "overlays"
+
+    @property
+    def masks(self) -> Path:
+        """One binary PNG per image (0/255, ``<name>_mask.png``), as MVTec's ground truth is stored."""
+        return self.folder / "masks"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+
+EXPORT_SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript"}
+
+
+@dataclass(frozen=True)
+class ExportFiles:
+    """``pipe export`` (``runs/<category>/export``): each model part per format, and the verification report."""
+
+    folder: Path
+
+    def part(self, name: str, fmt: str) -> Path:
+        """``name``: detector, sam_encoder, sam_decoder or classifier; ``fmt``: onnx or torchscript."""
+        return self.folder / f"{name}{EXPORT_SUFFIX[fmt]}"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "export_report.json"
 
 
 @dataclass(frozen=True)
@@ -449,6 +506,14 @@ class Workspace:
     @property
     def report(self) -> ReportFiles:
         return ReportFiles(self.folder("report"))
+
+    def predict(self, name: str) -> PredictFiles:
+        """A named ``pipe predict`` run: ``runs/<category>/predict/<name>``."""
+        return PredictFiles(self.runs / "predict" / name)
+
+    @property
+    def export(self) -> ExportFiles:
+        return ExportFiles(self.folders.get("export") or self.runs / "export")
 
 
 @contextlib.contextmanager

@@ -96,3 +96,35 @@ def said():
     yield listen
     for logger, handler in attached:
         logger.removeHandler(handler)
+
+
+TRAINED_SETS = ("classify.attempts=[A]", "classify.folds=0", "classify.compare=null", "yolo.eval_conf=0.0",
+                "sam.detector_conf=0.0")
+
+
+@pytest.fixture(scope="session")
+def trained_runs(converted_dataset, tmp_path_factory) -> Path:
+    """``runs/bottle/{yolo,sam,classify,anomaly}`` trained with the tiny profile on the tiny converted bottle
+    (shared: do not modify; copy it first). The detector keeps its 100 best boxes whatever their score, and SAM
+    is prompted with all of them, so an untrained detector still hands it boxes. Configure a run over it with
+    ``trained_config(trained_runs)``."""
+    from pipeline.stages.anomaly.run import run_anomaly
+    from pipeline.stages.classify.run import run_classify
+    from pipeline.stages.sam.run import run_finetune_sam
+    from pipeline.stages.yolo.run import run_finetune_yolo
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = trained_config(root)
+    runs = root / "runs" / "bottle"
+    run_finetune_yolo(cfg, converted_dataset, runs / "yolo")
+    run_finetune_sam(cfg, converted_dataset, runs / "sam", detections=runs / "yolo" / "detections_test.json")
+    run_classify(cfg, converted_dataset, runs / "classify")
+    run_anomaly(cfg, converted_dataset, runs / "anomaly")
+    return root
+
+
+def trained_config(root: Path, *sets: str):
+    """The tiny profile with its runs under ``root``/runs (``trained_runs``), plus ``sets`` overrides."""
+    from pipeline.config import load_config
+
+    return load_config("bottle", "tiny", overrides=[f"paths.runs={root / 'runs'}", *TRAINED_SETS, *sets])

@@ -151,7 +151,7 @@ def test_evaluation_masks_are_the_predictors(sam, converted_dataset):
     predictor = Predictor(sam)
     cache = EmbeddingCache(None, "k", enabled=False)  # unrounded embeddings: exactly set_image's
     gt = load_truth(converted_dataset / "coco/annotations/instances_test.json")
-    _, masks = evaluate.score(predictor, items, cache, names, gt)
+    masks = evaluate.score(predictor, items, cache, names, gt).masks
     scored = [it for it in items if len(it.boxes)]
     assert scored and set(masks) == {it.name for it in scored}
     for item in scored:

@@ -105,6 +105,17 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """RGB (H, W, 3) uint8 from a decoded BGR or greyscale image (grey as three equal channels)."""
+    return np.repeat(image[..., None], 3, 2) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def square(image: np.ndarray, size: int) -> np.ndarray:
+    """RGB (size, size, 3) uint8 from a decoded BGR or greyscale image, area-resized (aspect not kept): how the
+    classifier and the good-only detector see an image, in training and in ``pipe predict`` alike."""
+    return cv2.resize(to_rgb(image), (size, size), interpolation=cv2.INTER_AREA)
+
+
 def read_mask_raw(path: Path) -> np.ndarray:
     """The mask as stored, single channel uint8 (colour masks are reduced to their maximum channel)."""
     mask = read_image(path)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.convert.splits import load_splits
-from pipeline.data.images import read_image
+from pipeline.data.images import read_image, square
 from pipeline.data.layout import Category, Sample, load_category
 from pipeline.errors import DataError
 from pipeline.workspace import Dataset
@@ -75,9 +75,7 @@ def images(samples: list[Sample], size: int) -> torch.Tensor:
     """RGB float images in [0, 1], resized to ``size`` squared: (N, 3, size, size). Greyscale is replicated."""
     out = np.empty((len(samples), size, size, 3), np.uint8)
     for i, s in enumerate(samples):
-        img = read_image(s.image)
-        img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        out[i] = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = square(read_image(s.image), size)
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
 
 

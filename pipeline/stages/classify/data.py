@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
@@ -21,7 +20,7 @@ from torch.utils.data import Dataset as TorchDataset, default_collate
 from torchvision.transforms import v2
 
 from pipeline.convert.splits import SPLITS, load_splits
-from pipeline.data.images import read_image
+from pipeline.data.images import read_image, square
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import read_json
 from pipeline.stages.common import require
@@ -103,9 +102,7 @@ class ImageCache:
             self.hits += 1
             return self._store[key]
         self.misses += 1
-        img = read_image(path)
-        img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        img = square(read_image(path), size)
         tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         if self.enabled:
             self._store[key] = tensor

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -38,13 +38,20 @@ def segment(predictor: Predictor, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, n
     return masks[:, 0].cpu().numpy(), scores[:, 0].cpu().numpy()
 
 
+class Scored(NamedTuple):
+    metrics: dict[str, Any]
+    masks: dict[str, Any]  # image name -> (masks (N, H, W) bool, COCO category ids)
+    results: list[dict[str, Any]]  # the masks as COCO results (RLE, category, score): what the stage writes
+
+
 def _summary(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 5) if values else None
 
 
 def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names: dict[int, str], gt: COCO,
-          prompts: dict[int, list[dict[str, Any]]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics for one prompting mode (ground-truth boxes when ``prompts`` is None) and the masks per image.
+          prompts: dict[int, list[dict[str, Any]]] | None = None) -> Scored:
+    """Metrics for one prompting mode (ground-truth boxes when ``prompts`` is None), the masks per image, and the
+    masks as COCO results (the detector's score, else SAM's predicted IoU).
 
     ``gt`` is the test split's COCO ground truth (``metrics.coco.load_truth``), shared by every mode."""
     inst_iou, inst_dice = defaultdict(list), defaultdict(list)
@@ -96,7 +103,7 @@ def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names:
     if prompts is not None:
         metrics["missed_instances"] = int(missed)
         metrics["boxes"] = sum(len(v) for v in prompts.values())
-    return metrics, masks_out
+    return Scored(metrics, masks_out, results)
 
 
 def detector_prompts(path: Path, conf: float) -> dict[int, list[dict[str, Any]]]:

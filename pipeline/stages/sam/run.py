@@ -83,7 +83,7 @@ def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bo
         if resume and baseline_file.is_file():
             zero_shot = read_json(baseline_file)
         elif d.main:
-            zero_shot = evaluate.score(predictor, test, cache, names, truth)[0]
+            zero_shot = evaluate.score(predictor, test, cache, names, truth).metrics
             zero_shot.update({"meaningful": not caveats, "caveats": caveats})
             write_json(baseline_file, zero_shot)
             _headline("zero-shot (GT boxes)", zero_shot)
@@ -103,14 +103,16 @@ def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bo
         cache = EmbeddingCache(cache.folder, f"{source.key}|{file_digest(decoder)}", s.cache)
 
     with phases("evaluate"):
-        finetuned, masks = evaluate.score(predictor, test, cache, names, truth)
+        finetuned, masks, results = evaluate.score(predictor, test, cache, names, truth)
+        finetuned["masks"] = str(write_json(files.masks("gt_boxes"), results))
         _headline("fine-tuned (GT boxes)", finetuned)
         det_path = Path(detections) if detections else Workspace.from_config(cfg).yolo.detections()
         detector = None
         if det_path.is_file():
-            detector, _ = evaluate.score(predictor, test, cache, names, truth,
-                                         evaluate.detector_prompts(det_path, s.detector_conf))
-            detector.update({"detections": str(det_path), "conf": s.detector_conf})
+            detector, _, results = evaluate.score(predictor, test, cache, names, truth,
+                                                  evaluate.detector_prompts(det_path, s.detector_conf))
+            detector.update({"detections": str(det_path), "conf": s.detector_conf,
+                             "masks": str(write_json(files.masks("detector"), results))})
             _headline("fine-tuned (YOLO boxes)", detector)
         else:
             log.info(f"{det_path}: no YOLO detections; run `pipe finetune yolo` first for the detect-then-segment result")

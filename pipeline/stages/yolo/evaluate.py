@@ -52,23 +52,30 @@ def validate(model: torch.nn.Module, data_yaml: Path, names: list[str], imgsz: i
     }
 
 
+def detection_predictor(imgsz: int, conf: float, iou: float, device: str, max_det: int = 100) -> Any:
+    """ultralytics' ``DetectionPredictor`` as the evaluation runs it (nothing saved, quiet), for any model."""
+    from ultralytics.models.yolo.detect import DetectionPredictor
+
+    return DetectionPredictor(overrides=dict(conf=conf, iou=iou, imgsz=imgsz, device=_ultra_device(device),
+                                             verbose=False, save=False, project=tempfile.gettempdir(),
+                                             max_det=max_det))
+
+
+def boxes_of(result: Any) -> list[dict[str, Any]]:
+    """One ultralytics result as the detections pipe writes: COCO ``xywh`` pixels (0.01 px), class index, score
+    (5 digits). The evaluation's detections file and ``pipe predict`` both come from here, so SAM is prompted
+    with the same numbers either way."""
+    b = result.boxes
+    return [{"bbox": xywh, "class": int(c), "score": round(float(s), 5)}
+            for xywh, c, s in zip(xyxy_to_xywh(b.xyxy), b.cls.cpu().numpy(), b.conf.cpu().numpy())]
+
+
 def predict(model: torch.nn.Module, images: list[Path], imgsz: int, conf: float, iou: float,
             device: str) -> tuple[dict[str, list[dict[str, Any]]], float]:
     """Boxes per image name (``xywh`` pixels, class index, score) and the mean inference latency in ms."""
-    from ultralytics.models.yolo.detect import DetectionPredictor
-
-    with tempfile.TemporaryDirectory(prefix="pipe-predict-") as tmp:
-        predictor = DetectionPredictor(overrides=dict(
-            conf=conf, iou=iou, imgsz=imgsz, device=_ultra_device(device), verbose=False, save=False,
-            project=tmp, max_det=100))
-        results = predictor(source=[str(p) for p in images], model=model, stream=False) if images else []
-    boxes: dict[str, list[dict[str, Any]]] = {}
-    for path, r in zip(images, results):
-        b = r.boxes
-        boxes[Path(path).name] = [
-            {"bbox": xywh, "class": int(c), "score": round(float(s), 5)}
-            for xywh, c, s in zip(xyxy_to_xywh(b.xyxy), b.cls.cpu().numpy(), b.conf.cpu().numpy())
-        ]
+    predictor = detection_predictor(imgsz, conf, iou, device)
+    results = predictor(source=[str(p) for p in images], model=model, stream=False) if images else []
+    boxes = {Path(path).name: boxes_of(r) for path, r in zip(images, results)}
     latency = float(np.mean([r.speed["inference"] for r in results])) if results else 0.0
     return boxes, latency
 

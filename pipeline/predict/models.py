@@ -1,0 +1,344 @@
+"""The trained models of a category, loaded as the stages left them, behind one small interface per task.
+
+``pipe predict`` and ``pipe export`` both start here. Each model comes from its stage's folder in the
+workspace (or an explicit file) together with the run record beside it (``metrics.json``), which says what
+it was trained for: a model whose category or class list is not this command's is refused with one line,
+and a stage that has not run is one line naming the command that trains it.
+
+Every task has the same methods whatever runs it (PyTorch here; ONNX Runtime in ``pipeline.export.runtime``):
+
+- detector: ``detect(images, conf, iou) -> [[{"bbox": xywh, "class", "score"}]]``, the very dicts the YOLO
+  stage's evaluation writes (``yolo.evaluate.boxes_of``), so SAM is prompted with identical numbers;
+- segmenter: ``set_image(image)`` once per image, then ``segment(boxes_xyxy) -> (masks, scores)`` per box set;
+- classifier: ``probs(images) -> (N, C)``;
+- anomaly: ``score(images) -> (scores (N,), maps)``, each map at its image's own size.
+
+Images are decoded arrays in OpenCV's convention (BGR (H, W, 3) or greyscale (H, W) uint8, as
+``data.images.read_image`` gives them); each model converts them exactly as its stage did.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.data.categories import get_category
+from pipeline.errors import PipeError
+from pipeline.io import read_json
+from pipeline.workspace import SamFiles, Workspace
+
+log = logging.getLogger(__name__)
+
+TASKS = ("detector", "segmenter", "classifier", "anomaly")
+TRAINED_BY = {"detector": "pipe finetune yolo", "segmenter": "pipe finetune sam", "classifier": "pipe classify",
+              "anomaly": "pipe anomaly"}
+STAGE_OF = {"detector": "yolo", "segmenter": "sam", "classifier": "classify", "anomaly": "anomaly"}
+
+
+class ModelError(PipeError):
+    """A trained model is missing, changed since its run, or made for another category or class list."""
+
+
+def _record(task: str, file: Path, category: str) -> dict[str, Any]:
+    """The stage's ``metrics.json`` beside ``file``: what the model was trained for, checked against this run."""
+    metrics = Path(file).parent / "metrics.json"
+    if task == "classifier":  # classify/<attempt>/best.pt: the stage's record is one folder up
+        metrics = Path(file).parent.parent / "metrics.json"
+    if not metrics.is_file():
+        raise ModelError(f"{file}: no {metrics.name} beside it, so what it was trained for is unknown; use the "
+                         f"folder `{TRAINED_BY[task]} {category}` wrote")
+    record = read_json(metrics)
+    trained_for = record.get("category")
+    if trained_for != category:
+        raise ModelError(f"{file}: trained for category {trained_for!r}, not {category!r}; run "
+                         f"`{TRAINED_BY[task]} {category}` or pass that category's model")
+    return record
+
+
+def _missing(task: str, file: Path, category: str) -> ModelError:
+    return ModelError(f"{file}: no trained {task} ({STAGE_OF[task]} stage has not run); run "
+                      f"`{TRAINED_BY[task]} {category}` first")
+
+
+def _same_classes(task: str, file: Path, have: list[str], want: list[str], category: str) -> None:
+    if have != want:
+        raise ModelError(f"{file}: trained for classes {have}, but {category} has {want}; retrain with "
+                         f"`{TRAINED_BY[task]} {category}`")
+
+
+# --- detector --------------------------------------------------------------------------------------------
+
+@dataclass
+class Detector:
+    """The fine-tuned YOLO-World with its class vocabulary set (``names``: the defect classes, in id order)."""
+
+    model: torch.nn.Module
+    names: list[str]
+    imgsz: int
+    device: str
+    file: Path
+    max_det: int = 100
+    _predictor: Any = field(default=None, repr=False)
+
+    def detect(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[dict[str, Any]]]:
+        """Boxes per image, through ultralytics' own predictor as the stage's evaluation.
+
+        Images of one shape go in one batch: ultralytics letterboxes a batch of mixed shapes differently
+        (square, not minimal padding), which would move boxes against the evaluation's one-image batches."""
+        from pipeline.stages.yolo.evaluate import boxes_of, detection_predictor
+        from pipeline.viz import to_bgr
+
+        if self._predictor is None:
+            self._predictor = detection_predictor(self.imgsz, conf, iou, self.device, self.max_det)
+        self._predictor.args.conf, self._predictor.args.iou = conf, iou
+        out: list[list[dict[str, Any]]] = [[] for _ in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape[:2], []).append(i)
+        for idx in groups.values():  # greyscale as three equal channels, as ultralytics' own imread gives it
+            results = self._predictor(source=[to_bgr(images[i]) for i in idx], model=self.model, stream=False)
+            for i, r in zip(idx, results):
+                out[i] = boxes_of(r)
+        return out
+
+
+def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = None) -> Detector:
+    from pipeline.stages.yolo import model as world
+
+    path = Path(file) if file else ws.yolo.best
+    if not path.is_file():
+        raise _missing("detector", path, cfg.category)
+    _record("detector", path, cfg.category)
+    try:
+        model = world.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same one-line answer
+        raise ModelError(f"{path}: not a readable YOLO-World checkpoint ({type(exc).__name__}); retrain with "
+                         f"`pipe finetune yolo {cfg.category}`") from None
+    names = [str(n) for _, n in sorted(dict(getattr(model, "names", {}) or {}).items())]
+    _same_classes("detector", path, names, list(get_category(cfg.category).defects), cfg.category)
+    return Detector(model.to(device), names, cfg.yolo.imgsz, device, path)
+
+
+# --- segmenter -------------------------------------------------------------------------------------------
+
+@dataclass
+class Segmenter:
+    """SAM with the fine-tuned decoder: the stage's ``Predictor``, embedding each image once for all its boxes."""
+
+    predictor: Any  # pipeline.stages.sam.predictor.Predictor
+    file: Path
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.predictor.set_image(image, "BGR")  # greyscale (H, W) is replicated, as the stage's data does
+
+    def segment(self, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from pipeline.stages.sam.evaluate import segment
+
+        return segment(self.predictor, boxes_xyxy)
+
+    @property
+    def img_size(self) -> int:
+        return self.predictor.img_size
+
+
+def sam_base(record: dict[str, Any], cfg: Config) -> tuple[Any, int]:
+    """The SAM the decoder was trained on: the architecture and base weights its run recorded, verified, and
+    that run's seed (a random-init encoder is rebuilt from it)."""
+    from pipeline.stages.sam.model import locate
+
+    arch = record["config"]["sam"]["model"]
+    seed = int(record["weights"].get("seed", record["config"].get("seed", 0)))
+    source = locate(arch, Path(cfg.paths.weights), cfg.allow_random_init or not record["weights"]["pretrained"],
+                    seed)
+    want = record["weights"].get("sha256")
+    if want and source.provenance.get("sha256") != want:
+        raise ModelError(f"{source.checkpoint or arch}: not the SAM base weights the decoder was trained on "
+                         f"(sha256 {want[:12]}…); put that file in {cfg.paths.weights}/")
+    return source, seed
+
+
+def load_segmenter(ws: Workspace, cfg: Config, device: str, file: Path | None = None,
+                   mask_threshold: float = 0.0) -> Segmenter:
+    from pipeline.fetch import file_digest
+    from pipeline.stages.sam.model import build
+    from pipeline.stages.sam.predictor import Predictor
+
+    path = Path(file) if file else ws.sam.decoder
+    if not path.is_file():
+        raise _missing("segmenter", path, cfg.category)
+    record = _record("segmenter", path, cfg.category)
+    recorded = (record.get("decoder_weights") or {}).get("sha256")
+    if recorded and file_digest(path) != recorded:
+        raise ModelError(f"{path}: changed since its run wrote it (sha256 differs from {SamFiles(path.parent).metrics}); "
+                         f"retrain with `pipe finetune sam {cfg.category}`")
+    source, seed = sam_base(record, cfg)
+    sam = build(source, seed)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        sam.load_state_dict(state, strict=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: not a decoder for {source.arch} ({type(exc).__name__}); retrain with "
+                         f"`pipe finetune sam {cfg.category}`") from None
+    sam.mask_threshold = float(mask_threshold)
+    return Segmenter(Predictor(sam.to(device).eval(), amp=cfg.sam.amp), path)
+
+
+# --- classifier ------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageClassifier:
+    """The best classification attempt (by the stage's own ranking): mean-of-members class probabilities."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    imgsz: int
+    attempt: str
+    device: str
+    file: Path
+
+    @torch.no_grad()
+    def probs(self, images: list[np.ndarray]) -> np.ndarray:
+        from pipeline.data.images import square
+        from pipeline.stages.classify.data import transform
+        from pipeline.stages.classify.models import Classifier
+
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(square(im, self.imgsz).transpose(2, 0, 1)))
+                         for im in images])
+        x = transform("eval", self.imgsz)(x).to(self.device)
+        return Classifier.probs(self.model(x)).cpu().numpy()
+
+
+def best_attempt(ws: Workspace, category: str) -> str:
+    """The attempt the classification stage ranked first (its ``summary.best``)."""
+    metrics = ws.classify.metrics
+    if not metrics.is_file():
+        raise _missing("classifier", metrics, category)
+    return str(read_json(metrics)["summary"]["best"])
+
+
+def load_classifier(ws: Workspace, cfg: Config, device: str, file: Path | None = None) -> ImageClassifier:
+    from pipeline.stages.classify.attempts import Attempt
+    from pipeline.stages.classify.models import build
+    from pipeline.weights import Resolved, get_spec
+
+    path = Path(file) if file else ws.classify.best(best_attempt(ws, cfg.category))
+    if not path.is_file():
+        raise _missing("classifier", path, cfg.category)
+    _record("classifier", path, cfg.category)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        attempt = Attempt.model_validate(ckpt["attempt"])
+        classes = [str(c) for c in ckpt["classes"]]
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: not a classifier checkpoint written by `pipe classify` ({type(exc).__name__}); "
+                         f"retrain with `pipe classify {cfg.category}`") from None
+    known = list(get_category(cfg.category).labels)
+    if not set(classes) <= set(known):
+        _same_classes("classifier", path, classes, known, cfg.category)
+    # the state dict holds every weight: the backbones are built empty, never looked up or downloaded
+    empty = {b: Resolved(get_spec(b), None, "random-init", None) for b in attempt.backbones}
+    model = build(attempt, len(classes), empty)
+    model.load_state_dict(ckpt["state_dict"])
+    return ImageClassifier(model.to(device).eval(), classes, attempt.imgsz, attempt.id, device, path)
+
+
+# --- anomaly ---------------------------------------------------------------------------------------------
+
+@dataclass
+class AnomalyModel:
+    """The fitted PatchCore and the thresholds its run fitted on non-test images (score and map)."""
+
+    model: torch.nn.Module
+    imgsz: int
+    image_threshold: float
+    pixel_threshold: float
+    device: str
+    file: Path
+
+    @torch.no_grad()
+    def score(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Image scores and anomaly maps, each map resized back to its image's size."""
+        import cv2
+
+        from pipeline.data.images import square
+
+        x = torch.stack([torch.from_numpy(square(im, self.imgsz)).permute(2, 0, 1) for im in images])
+        scores, maps = self.model.score(x.to(self.device))
+        maps_np = maps.float().cpu().numpy()
+        return scores.float().cpu().numpy(), [
+            cv2.resize(m, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR)
+            for m, im in zip(maps_np, images)]
+
+
+def load_anomaly(ws: Workspace, cfg: Config, device: str, file: Path | None = None) -> AnomalyModel:
+    from pipeline.stages.anomaly.model import FeatureExtractor, PatchCore
+
+    path = Path(file) if file else ws.anomaly.model
+    if not path.is_file():
+        raise _missing("anomaly", path, cfg.category)
+    record = _record("anomaly", path, cfg.category)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        a = ckpt["config"]
+        model = PatchCore(FeatureExtractor(a["backbone"], a["layers"], None, 0), a["target_dim"],
+                          a["coreset_ratio"], a["projection_dim"], a["num_neighbors"], a["sigma"])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: not a PatchCore written by `pipe anomaly` ({type(exc).__name__}); refit with "
+                         f"`pipe anomaly {cfg.category}`") from None
+    t = record["thresholds"]
+    return AnomalyModel(model.to(device).eval(), int(a["imgsz"]), float(t["image"]), float(t["pixel"]), device, path)
+
+
+# --- all of them -----------------------------------------------------------------------------------------
+
+@dataclass
+class Trained:
+    """The models one command uses; a task left out (or not trained, when optional) is None."""
+
+    detector: Any = None
+    segmenter: Any = None
+    classifier: Any = None
+    anomaly: Any = None
+
+    def files(self) -> dict[str, str]:
+        return {t: str(m.file) for t in TASKS if (m := getattr(self, t)) is not None}
+
+
+def load_trained(ws: Workspace, cfg: Config, device: str, files: dict[str, Path | None] | None = None,
+                 tasks: tuple[str, ...] = TASKS, mask_threshold: float = 0.0) -> Trained:
+    """Every model in ``tasks``. One the user named (``files``) must load; one found by default may be absent
+    when another task is present (e.g. no anomaly stage yet), and is then left out with a note. With none at
+    all, the error names the command that trains the detector."""
+    files = files or {}
+    loaders = {"detector": load_detector, "classifier": load_classifier, "anomaly": load_anomaly}
+    out = Trained()
+    skipped: list[ModelError] = []
+    for task in tasks:
+        try:
+            if task == "segmenter":
+                model = load_segmenter(ws, cfg, device, files.get(task), mask_threshold)
+            else:
+                model = loaders[task](ws, cfg, device, files.get(task))
+        except ModelError as exc:
+            if files.get(task) or "has not run" not in str(exc):
+                raise
+            skipped.append(exc)
+            continue
+        setattr(out, task, model)
+    if not out.files():
+        raise skipped[0]
+    if out.segmenter is not None and out.detector is None:
+        if files.get("segmenter"):
+            raise ModelError(f"{ws.yolo.best}: SAM is prompted with the detector's boxes, and there is none; run "
+                             f"`pipe finetune yolo {cfg.category}` first")
+        out.segmenter = None  # nothing to prompt it with; the detector's absence is noted below
+    for exc in skipped:
+        log.info(f"left out: {exc}")
+    return out
