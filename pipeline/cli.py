@@ -340,6 +340,125 @@ def anomaly_all(
     info(f"wrote {md} and {js} ({len(present)} of {len(CATEGORIES)} categories present under {data_root})")
 
 
+ModelFile = Optional[Path]
+
+
+def _input_paths(sources: list[str]) -> list[tuple[str, Path]]:
+    """What a predict output must not overlap: each source, or for a glob the folder its pattern starts in."""
+    out = []
+    for s in sources:
+        p = Path(s)
+        while any(ch in str(p) for ch in "*?[") and p != p.parent:
+            p = p.parent
+        out.append(("the input images", p))
+    return out
+
+
+@app.command()
+def predict(
+    category: CategoryArg,
+    sources: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively for PNG, JPEG, "
+                                                      "BMP and TIFF) or glob patterns (quote them).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<category>/predict/<name>); "
+                                                     "a previous `pipe predict` result there is replaced.")] = None,
+    name: Annotated[str, typer.Option(help="Name of the run under runs/<category>/predict/.")] = "predict",
+    detector: Annotated[ModelFile, typer.Option(help="YOLO-World checkpoint (default: the yolo stage's best.pt).")] = None,
+    segmenter: Annotated[ModelFile, typer.Option(help="SAM decoder (default: the sam stage's decoder.pt).")] = None,
+    classifier: Annotated[ModelFile, typer.Option(help="Classifier checkpoint (default: the best attempt's best.pt).")] = None,
+    anomaly: Annotated[ModelFile, typer.Option(help="PatchCore model (default: the anomaly stage's patchcore.pt).")] = None,
+    conf: Annotated[Optional[float], typer.Option(help="Box score threshold (config: predict.conf, else "
+                                                       "sam.detector_conf).")] = None,
+    iou: Annotated[Optional[float], typer.Option(help="NMS IoU threshold (config: predict.iou, else yolo.iou).")] = None,
+    mask_threshold: Annotated[Optional[float], typer.Option(help="SAM mask logit threshold (config: "
+                                                                 "predict.mask_threshold).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Images per batch (config: predict.batch).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch, or onnx to run the files `pipe export --format "
+                                                        "onnx` wrote (config: predict.backend).")] = None,
+    save_overlays: Annotated[bool, typer.Option(help="Draw boxes, masks, label (and the anomaly map) per image "
+                                                     "into overlays/.")] = False,
+    save_masks: Annotated[bool, typer.Option(help="One binary PNG per image in masks/ (0/255, <name>_mask.png), "
+                                                  "as MVTec's ground truth.")] = False,
+    device: Device = None,
+    dataset: DatasetOpt = None,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Run the trained detector, SAM, the best classifier and the good-only detector on new images: one JSON line
+    per image (predictions.jsonl), COCO results, and optional overlays and masks."""
+    from pipeline.device import select_device
+    from pipeline.outputs import check_output, locked
+    from pipeline.predict.models import load_anomaly, load_trained
+    from pipeline.predict.run import PredictOptions, categories, failure_line, run_predict
+    from pipeline.runner import protected
+    from pipeline.workspace import Workspace
+
+    cfg = _config(category, config, profile, set_, device=device, **{
+        "predict.conf": conf, "predict.iou": iou, "predict.mask_threshold": mask_threshold, "predict.batch": batch,
+        "predict.backend": backend})
+    p = cfg.predict
+    ws = Workspace.from_config(cfg, {"dataset": dataset})
+    target = out or ws.predict(name).folder
+    check_output(target, "predict", [*protected(ws), *_input_paths(sources)])
+    dev = select_device(cfg.device)
+    files = {"detector": detector, "segmenter": segmenter, "classifier": classifier, "anomaly": anomaly}
+    if p.backend == "onnx":
+        from pipeline.export.runtime import load_exported
+
+        models = load_exported(ws, cfg, {k: v for k, v in files.items() if k != "anomaly"})
+        if anomaly or ws.anomaly.model.is_file():  # PatchCore is not exported: it runs in PyTorch beside them
+            models.anomaly = load_anomaly(ws, cfg, dev, anomaly)
+    else:
+        models = load_trained(ws, cfg, dev, files, mask_threshold=p.mask_threshold)
+    o = PredictOptions(p.box_conf(cfg), p.nms_iou(cfg), p.batch, save_overlays, save_masks, p.backend)
+    meta = {"category": category, "device": dev, "models": models.files()}
+    with locked(target, "predict"):
+        summary = run_predict(models, sources, target, o, categories(models.detector.names if models.detector else
+                                                                     [], ws.dataset.coco.annotations("test")), meta)
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in summary["ms_per_image"].items())
+    info(f"{summary['images']} images in {summary['wall_s']:.1f} s ({summary['images_per_s'] or 0:.2f}/s; ms per "
+         f"image: {parts}) -> {target}")
+    failed = failure_line(summary)
+    if failed:
+        console.print(f"[bold red]error:[/] {failed}", soft_wrap=True, highlight=False)
+        raise SystemExit(1)
+
+
+@app.command()
+def export(
+    category: CategoryArg,
+    format_: Annotated[list[str], typer.Option("--format", "-f", help="onnx and/or torchscript (repeatable).")] = ["onnx"],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<category>/export).")] = None,
+    conf: Annotated[Optional[float], typer.Option(help="Box score threshold the detections are compared above "
+                                                       "(config: predict.conf, else sam.detector_conf).")] = None,
+    images: Annotated[int, typer.Option(help="Test-split images each export is verified on.")] = 8,
+    device: Device = None,
+    dataset: DatasetOpt = None,
+    config: ConfigFiles = None,
+    profile: Profile = None,
+    set_: Sets = None,
+) -> None:
+    """Export the fine-tuned YOLO-World (classes baked in), SAM's encoder and decoder and the best classifier, then
+    check each file against PyTorch on test images (export_report.json); fails if a check fails."""
+    from pipeline.device import select_device
+    from pipeline.export.run import run_export
+    from pipeline.outputs import claim, locked
+    from pipeline.runner import protected
+    from pipeline.workspace import Workspace
+
+    bad = [f for f in format_ if f not in ("onnx", "torchscript")]
+    if bad:
+        raise PipeError(f"--format {bad[0]}: unknown export format; use onnx or torchscript")
+    cfg = _config(category, config, profile, set_, device=device, **{"predict.conf": conf})
+    ws = Workspace.from_config(cfg, {"dataset": dataset, "export": out})
+    claim(ws.export.folder, "export", protected(ws, ws.dataset.root))
+    with locked(ws.export.folder, "export"):
+        report = run_export(cfg, ws, list(dict.fromkeys(format_)), select_device(cfg.device),
+                            cfg.predict.box_conf(cfg), images)
+    info(f"exported and verified {', '.join(sorted(report.get('parts', report)))} -> {ws.export.folder} "
+         f"(report: {ws.export.report})")
+
+
 @app.command()
 def env(device: Device = "auto") -> None:
     """Print the device that --device resolves to and the versions every output records."""

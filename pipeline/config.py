@@ -200,6 +200,22 @@ class AnomalyConfig(Section):
     overlays: int = Field(ge=0)
 
 
+class PredictConfig(Section):
+    conf: float | None = Field(ge=0, le=1)
+    iou: float | None = Field(gt=0, le=1)
+    mask_threshold: float
+    batch: int = Field(ge=1)
+    max_det: int = Field(ge=1)
+    backend: Literal["torch", "onnx"]
+
+    def box_conf(self, cfg: Config) -> float:
+        """The box score threshold: this section's, else the one SAM's end-to-end evaluation prompts with."""
+        return cfg.sam.detector_conf if self.conf is None else self.conf
+
+    def nms_iou(self, cfg: Config) -> float:
+        return cfg.yolo.iou if self.iou is None else self.iou
+
+
 class Config(Section):
     category: str
     device: str
@@ -213,6 +229,7 @@ class Config(Section):
     sam: SamConfig
     classify: ClassifyConfig
     anomaly: AnomalyConfig
+    predict: PredictConfig
     classes: dict[str, list[str]] = Field(description="defect class -> text prompts (first is its name)")
 
     @field_validator("classes")

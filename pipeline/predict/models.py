@@ -31,7 +31,7 @@ from pipeline.config import Config
 from pipeline.data.categories import get_category
 from pipeline.errors import PipeError
 from pipeline.io import read_json
-from pipeline.workspace import SamFiles, Workspace
+from pipeline.workspace import SamFiles, Workspace, YoloFiles
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Detector:
 
 def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = None) -> Detector:
     from pipeline.stages.yolo import model as world
+    from pipeline.stages.yolo.trainer import set_prompts
 
     path = Path(file) if file else ws.yolo.best
     if not path.is_file():
@@ -120,8 +121,15 @@ def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = N
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same one-line answer
         raise ModelError(f"{path}: not a readable YOLO-World checkpoint ({type(exc).__name__}); retrain with "
                          f"`pipe finetune yolo {cfg.category}`") from None
-    names = [str(n) for _, n in sorted(dict(getattr(model, "names", {}) or {}).items())]
+    # the class vocabulary as the stage's evaluation sets it: its class embeddings, saved beside its data.yaml
+    vocabulary = YoloFiles(path.parent).class_embeddings
+    if not vocabulary.is_file():
+        raise ModelError(f"{path}: no class embeddings at {vocabulary} to name its classes; use the folder "
+                         f"`pipe finetune yolo {cfg.category}` wrote")
+    saved = torch.load(vocabulary, map_location="cpu", weights_only=True)
+    names = [str(n) for n in saved["names"]]
     _same_classes("detector", path, names, list(get_category(cfg.category).defects), cfg.category)
+    set_prompts(model, saved["feats"], names)
     return Detector(model.to(device), names, cfg.yolo.imgsz, device, path)
 
 
@@ -133,9 +141,16 @@ class Segmenter:
 
     predictor: Any  # pipeline.stages.sam.predictor.Predictor
     file: Path
+    rounded: bool = False  # embeddings rounded as the stage's cache stores them (``sam.cache``)
 
     def set_image(self, image: np.ndarray) -> None:
-        self.predictor.set_image(image, "BGR")  # greyscale (H, W) is replicated, as the stage's data does
+        """Encode once for every box of the image; greyscale (H, W) is replicated, as the stage's data does."""
+        from pipeline.stages.sam.cache import as_stored
+        from pipeline.stages.sam.predictor import to_input_image
+
+        rgb = image[..., ::-1] if image.ndim == 3 else image
+        embedding = self.predictor.embed(to_input_image(rgb, self.predictor.img_size))
+        self.predictor.set_embedding(as_stored(embedding) if self.rounded else embedding, image.shape[:2])
 
     def segment(self, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from pipeline.stages.sam.evaluate import segment
@@ -186,7 +201,9 @@ def load_segmenter(ws: Workspace, cfg: Config, device: str, file: Path | None = 
         raise ModelError(f"{path}: not a decoder for {source.arch} ({type(exc).__name__}); retrain with "
                          f"`pipe finetune sam {cfg.category}`") from None
     sam.mask_threshold = float(mask_threshold)
-    return Segmenter(Predictor(sam.to(device).eval(), amp=cfg.sam.amp), path)
+    # the stage's evaluation reads embeddings through its cache whenever ``sam.cache`` is on (rounded to float16)
+    return Segmenter(Predictor(sam.to(device).eval(), amp=cfg.sam.amp), path,
+                     rounded=bool(record["config"]["sam"].get("cache")))
 
 
 # --- classifier ------------------------------------------------------------------------------------------
@@ -238,7 +255,7 @@ def load_classifier(ws: Workspace, cfg: Config, device: str, file: Path | None =
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: not a classifier checkpoint written by `pipe classify` ({type(exc).__name__}); "
                          f"retrain with `pipe classify {cfg.category}`") from None
-    known = list(get_category(cfg.category).labels)
+    known = list(get_category(cfg.category).classes)
     if not set(classes) <= set(known):
         _same_classes("classifier", path, classes, known, cfg.category)
     # the state dict holds every weight: the backbones are built empty, never looked up or downloaded

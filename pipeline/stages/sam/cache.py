@@ -24,6 +24,12 @@ from pipeline.training.state import save
 VERSION = "pipe-sam-embedding-v1"
 
 
+def as_stored(embedding: torch.Tensor) -> torch.Tensor:
+    """An embedding rounded as the cache stores it (float16), back in float32: what the decoder is given when the
+    cache is on, in training, in the evaluation and, to give the same masks, in ``pipe predict``."""
+    return embedding.detach().to(torch.float16).float()
+
+
 class EmbeddingCache:
     def __init__(self, folder: Path | None, model_key: str, enabled: bool = True) -> None:
         self.folder = Path(folder) if folder else None
@@ -54,9 +60,8 @@ class EmbeddingCache:
             emb = torch.load(path, map_location=device, weights_only=True).float()
         else:
             self.misses += 1
-            half = compute().detach().to(torch.float16)
+            emb = as_stored(compute())  # exactly what a later load of the file gives
             if path is not None:
-                save(path, half.cpu())
-            emb = half.float()  # exactly what a later load of the file gives
+                save(path, emb.to(torch.float16).cpu())
         self.memory[key] = emb.to(device)
         return self.memory[key]

@@ -1,0 +1,214 @@
+"""``pipe predict``: detect, segment, classify and score every image given, with the trained models of a category.
+
+Per batch of images: the detector's boxes (ultralytics' predictor, as the YOLO stage's evaluation), the
+classifier's probabilities and the good-only detector's score and map for the whole batch; then, image by
+image, SAM's encoder once and one mask per box from the fine-tuned decoder (the SAM stage's own ``Predictor``
+and prompting). So a test-split image gets here exactly the boxes and masks the stages' evaluations scored.
+
+An image that cannot be read is reported by name and skipped; the rest are processed. Everything is written
+into a temporary folder that replaces the output only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.coco import encode, to_json, xywh_to_xyxy
+from pipeline.console import track
+from pipeline.errors import DataError
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.outputs import mark
+from pipeline.predict import writers
+from pipeline.predict.models import Trained
+from pipeline.predict.sources import Failure, expand, output_names, read
+from pipeline.workspace import PredictFiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    conf: float  # box score threshold
+    iou: float  # NMS IoU threshold
+    batch: int = 8
+    save_overlays: bool = False
+    save_masks: bool = False
+    backend: str = "torch"
+
+
+@dataclass
+class Timer:
+    """Milliseconds per part, summed over a run (and per image where a part runs image by image)."""
+
+    total: dict[str, float]
+
+    def __init__(self) -> None:
+        self.total = {}
+
+    def add(self, part: str, ms: float) -> None:
+        self.total[part] = self.total.get(part, 0.0) + ms
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def categories(names: Sequence[str], coco_file: Path | None) -> list[dict[str, Any]]:
+    """The COCO categories of the results: the converted dataset's (ids and names) when it is there, so the
+    results load against its ground truth; else the defect classes numbered from 1 as ``pipe convert`` does."""
+    if coco_file is not None and coco_file.is_file():
+        return [{"id": c["id"], "name": c["name"]} for c in read_json(coco_file)["categories"]]
+    return [{"id": i, "name": n} for i, n in enumerate(names, 1)]
+
+
+def _batches(paths: list[Path], size: int, failures: list[Failure],
+             timer: Timer) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+    """(index, image, read ms) per readable image, ``size`` at a time; unreadable ones go to ``failures``."""
+    batch: list[tuple[int, np.ndarray, float]] = []
+    for i, path in enumerate(paths):
+        start = time.perf_counter()
+        try:
+            image = read(path)
+        except DataError as exc:
+            failures.append(Failure(path, str(exc)))
+            log.warning(f"skipped: {exc}")
+            continue
+        ms = _ms(start)
+        timer.add("read", ms)
+        batch.append((i, image, ms))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_batch(models: Trained, images: list[np.ndarray], o: PredictOptions,
+                  timer: Timer) -> list[dict[str, Any]]:
+    """Records (without the source) for a batch of decoded images; each part timed per image."""
+    n = len(images)
+    records: list[dict[str, Any]] = [{"width": im.shape[1], "height": im.shape[0],
+                                      "channels": 1 if im.ndim == 2 else im.shape[2], "timing_ms": {}}
+                                     for im in images]
+    maps: list[np.ndarray | None] = [None] * n
+    if models.detector is not None:
+        start = time.perf_counter()
+        dets = models.detector.detect(images, o.conf, o.iou)
+        share = _ms(start) / n
+        names = models.detector.names
+        for rec, boxes in zip(records, dets):
+            rec["boxes"] = [{"xyxy": [round(float(v), 2) for v in xywh_to_xyxy(b["bbox"])[0]], "bbox": b["bbox"],
+                             "class": names[b["class"]], "class_id": b["class"], "score": b["score"]} for b in boxes]
+            rec["timing_ms"]["detector"] = share
+    if models.classifier is not None:
+        start = time.perf_counter()
+        probs = models.classifier.probs(images)
+        share = _ms(start) / n
+        classes = models.classifier.classes
+        for rec, p in zip(records, probs):
+            rec["label"] = classes[int(np.argmax(p))]
+            rec["probs"] = {c: round(float(v), 6) for c, v in zip(classes, p)}
+            rec["classifier"] = getattr(models.classifier, "attempt", None)
+            rec["timing_ms"]["classifier"] = share
+    if models.anomaly is not None:
+        start = time.perf_counter()
+        scores, amaps = models.anomaly.score(images)
+        share = _ms(start) / n
+        a = models.anomaly
+        for k, (rec, s, m) in enumerate(zip(records, scores, amaps)):
+            region = m >= a.pixel_threshold
+            rec["anomaly"] = {"score": round(float(s), 6), "threshold": round(a.image_threshold, 6),
+                              "anomalous": bool(s >= a.image_threshold),
+                              "pixel_threshold": round(a.pixel_threshold, 6), "area": int(region.sum()),
+                              "region": to_json(encode(region))}
+            rec["timing_ms"]["anomaly"] = share
+            maps[k] = m
+    if models.segmenter is not None:
+        for rec, image in zip(records, images):
+            start = time.perf_counter()
+            boxes = rec.get("boxes") or []
+            rec["masks"] = []
+            if boxes:  # no box, no prompt: the encoder is not run for an image without detections
+                models.segmenter.set_image(image)
+                masks, scores = models.segmenter.segment(xywh_to_xyxy([b["bbox"] for b in boxes]))
+                rec["masks"] = [{"box": j, "rle": to_json(encode(m)), "area": int(m.sum()),
+                                 "score": round(float(s), 5)} for j, (m, s) in enumerate(zip(masks, scores))]
+            rec["timing_ms"]["segmenter"] = _ms(start)
+    for rec, m in zip(records, maps):
+        rec["_map"] = m
+    return records
+
+
+def run_predict(models: Trained, sources: Sequence[str | Path], out: Path, o: PredictOptions,
+                coco_categories: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Predict every image of ``sources`` into ``out`` (replaced only when complete); return the summary.
+
+    ``meta`` (category, models, device, ...) is recorded in ``summary.json`` as it is."""
+    paths, failures = expand(sources)
+    for f in failures:
+        log.warning(f"skipped: {f.path}: {f.reason}")
+    names = output_names(paths)
+    timer = Timer()
+    cat_ids = {c["name"]: c["id"] for c in coco_categories}
+    done: list[tuple[int, dict[str, Any]]] = []
+    with atomic_dir(out) as tmp:
+        files = PredictFiles(tmp)
+        start_all = time.perf_counter()
+        with open(files.predictions, "w", encoding="utf-8") as lines:
+            batches = _batches(paths, o.batch, failures, timer)
+            for batch in track(batches, f"predicting {len(paths)} images, {o.batch} at a time",
+                               total=-(-len(paths) // o.batch)):
+                records = predict_batch(models, [im for _, im, _ in batch], o, timer)
+                for (i, image, read_ms), rec in zip(batch, records):
+                    amap = rec.pop("_map")
+                    t = rec["timing_ms"]
+                    t["read"] = read_ms
+                    t["total"] = sum(t.values())
+                    for part, ms in t.items():
+                        if part not in ("read", "total"):
+                            timer.add(part, ms)
+                    rec["timing_ms"] = {k: round(v, 3) for k, v in t.items()}
+                    rec = {"source": str(paths[i]), **rec}
+                    lines.write(writers.jsonl_line(rec))
+                    if o.save_overlays:
+                        png = names[i] if names[i].lower().endswith(".png") else f"{names[i]}.png"
+                        writers.write_overlay(files.overlays / png, image, rec, amap)
+                    if o.save_masks:
+                        writers.write_mask(files.masks / writers.mask_name(names[i]), writers.union_mask(rec))
+                    done.append((i, {k: v for k, v in rec.items() if k != "timing_ms"}))
+        wall = time.perf_counter() - start_all
+        image_ids = [i + 1 for i, _ in done]  # the input order, from 1: stable whatever fails
+        recs = [r for _, r in done]
+        write_json(files.coco_results, writers.coco_results(recs, image_ids, cat_ids), indent=None)
+        write_json(files.coco_images, writers.coco_images(recs, image_ids, coco_categories))
+        n = len(done)
+        summary = {**meta, "backend": o.backend, "sources": [str(s) for s in sources], "images": n,
+                   "failed": [{"path": str(f.path), "reason": f.reason} for f in failures],
+                   "thresholds": {"conf": o.conf, "iou": o.iou},
+                   "wall_s": round(wall, 3), "images_per_s": round(n / wall, 3) if wall > 0 and n else None,
+                   "ms_per_image": {k: round(v / max(1, n), 3) for k, v in sorted(timer.total.items())},
+                   "files": {"predictions": str(out / files.predictions.name),
+                             "coco_results": str(out / files.coco_results.name),
+                             "coco_images": str(out / files.coco_images.name),
+                             "overlays": str(out / files.overlays.name) if o.save_overlays else None,
+                             "masks": str(out / files.masks.name) if o.save_masks else None}}
+        write_json(files.summary, summary)
+        mark(tmp, "predict")
+    return summary
+
+
+def failure_line(summary: dict[str, Any]) -> str | None:
+    """One line naming what failed, or None when every image was processed."""
+    failed = summary["failed"]
+    if not failed:
+        return None
+    shown = "; ".join(f"{f['path']} ({f['reason'].split(': ', 1)[-1]})" for f in failed[:3])
+    more = f"; and {len(failed) - 3} more (see summary.json)" if len(failed) > 3 else ""
+    return f"{len(failed)} of {len(failed) + summary['images']} inputs failed: {shown}{more}"

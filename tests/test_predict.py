@@ -1,0 +1,157 @@
+"""`pipe predict` with tiny models trained on the synthetic bottle: consistency with the stages' own evaluation,
+any image, bad input, and refusing models that are missing or made for something else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from conftest import TRAINED_SETS, trained_config
+from pipeline.cli import app
+from pipeline.coco import decode
+from pipeline.io import read_json, write_json
+from pipeline.predict.models import ModelError, load_trained
+from pipeline.predict.run import PredictOptions, categories, run_predict
+from pipeline.workspace import Workspace
+
+
+def _records(folder: Path) -> dict[str, dict]:
+    lines = (folder / "predictions.jsonl").read_text().splitlines()
+    return {Path(r["source"]).name: r for r in map(json.loads, lines)}
+
+
+def _cli(trained_runs: Path, converted_dataset: Path, *args: str):
+    sets = [x for s in (*TRAINED_SETS, f"paths.runs={trained_runs / 'runs'}") for x in ("--set", s)]
+    return CliRunner().invoke(app, ["predict", "bottle", *args, "--profile", "tiny", *sets,
+                                    "--dataset", str(converted_dataset)])
+
+
+def test_same_boxes_and_masks_as_the_stages_evaluation(trained_runs, converted_dataset, tmp_path):
+    """The test split through `pipe predict` gives the YOLO stage's detections and the SAM stage's
+    detector-prompted masks, pixel for pixel."""
+    cfg = trained_config(trained_runs)
+    ws = Workspace.from_config(cfg, {"dataset": converted_dataset})
+    models = load_trained(ws, cfg, "cpu")
+    test_images = ws.dataset.coco.images("test")
+    o = PredictOptions(cfg.predict.box_conf(cfg), cfg.predict.nms_iou(cfg), batch=3)
+    summary = run_predict(models, [test_images], tmp_path / "out", o,
+                          categories(models.detector.names, ws.dataset.coco.annotations("test")), {})
+    records = _records(tmp_path / "out")
+    gt = read_json(ws.dataset.coco.annotations("test"))
+    file_of = {im["id"]: im["file_name"] for im in gt["images"]}
+    assert summary["images"] == len(gt["images"]) == len(records)
+
+    stage_boxes: dict[str, list] = {}
+    for d in read_json(ws.yolo.detections()):
+        if d["score"] >= o.conf:
+            stage_boxes.setdefault(file_of[d["image_id"]], []).append((d["bbox"], d["category_id"], d["score"]))
+    cat_id = {c["name"]: c["id"] for c in gt["categories"]}
+    total = 0
+    for name, rec in records.items():
+        mine = [(b["bbox"], cat_id[b["class"]], b["score"]) for b in rec["boxes"]]
+        assert sorted(mine) == sorted(stage_boxes.get(name, [])), name
+        total += len(mine)
+    assert total > 0  # the comparison is not vacuous
+
+    stage_masks: dict[str, list] = {}
+    for r in read_json(ws.sam.masks("detector")):
+        stage_masks.setdefault(file_of[r["image_id"]], []).append(r)
+    compared = 0
+    for name, rec in records.items():
+        theirs = stage_masks.get(name, [])
+        assert len(theirs) == len(rec["masks"]) == len(rec["boxes"])
+        for m, t in zip(rec["masks"], theirs):  # both in the detector's box order
+            h, w = rec["height"], rec["width"]
+            assert np.array_equal(decode(m["rle"], h, w), decode(t["segmentation"], h, w)), name
+            compared += 1
+    assert compared == total
+
+
+def _odd_inputs(folder: Path, source: Path) -> None:
+    img = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    folder.mkdir()
+    cv2.imwrite(str(folder / "grey.png"), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "colour.jpg"), img)
+    (folder / "nested").mkdir()
+    cv2.imwrite(str(folder / "nested" / "odd.bmp"), cv2.resize(img, (97, 53)))
+    good = (folder / "grey.png").read_bytes()
+    (folder / "corrupt.png").write_bytes(good[: len(good) // 2])
+
+
+def test_cli_any_image_and_bad_input(trained_runs, converted_dataset, tmp_path):
+    src = next((converted_dataset / "coco" / "images" / "test").iterdir())
+    _odd_inputs(tmp_path / "in", src)
+    out = tmp_path / "pred"
+    r = _cli(trained_runs, converted_dataset, str(tmp_path / "in"), "--out", str(out), "--save-overlays",
+             "--save-masks", "--batch", "2")
+    assert r.exit_code == 1, r.output
+    assert "1 of 4 inputs failed" in r.output and "corrupt.png" in r.output
+
+    records = _records(out)
+    assert sorted(records) == ["colour.jpg", "grey.png", "odd.bmp"]
+    assert records["grey.png"]["channels"] == 1 and records["colour.jpg"]["channels"] == 3
+    assert (records["odd.bmp"]["width"], records["odd.bmp"]["height"]) == (97, 53)
+    mask_names = {"grey.png": "grey_mask.png", "colour.jpg": "colour_mask.png", "odd.bmp": "nested_odd_mask.png"}
+    for key, rec in records.items():
+        assert set(rec["probs"]) == {"good", "broken_large", "broken_small", "contamination"}
+        assert abs(sum(rec["probs"].values()) - 1) < 1e-4 and rec["label"] in rec["probs"]
+        assert rec["anomaly"]["score"] >= 0 and isinstance(rec["anomaly"]["anomalous"], bool)
+        assert len(rec["masks"]) == len(rec["boxes"])
+        for m in rec["masks"]:
+            assert m["rle"]["size"] == [rec["height"], rec["width"]]
+        mask = cv2.imread(str(out / "masks" / mask_names[key]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (rec["height"], rec["width"]) and set(np.unique(mask)) <= {0, 255}
+    assert len(list((out / "overlays").rglob("*.png"))) == 3
+
+    # the COCO results load against a ground truth built on the written image list, for boxes and masks
+    doc = read_json(out / "coco_images.json")
+    gt = COCO()
+    gt.dataset = {**doc, "annotations": []}
+    gt.createIndex()
+    results = read_json(out / "coco_results.json")
+    assert len(results) == sum(len(r["boxes"]) for r in records.values()) > 0
+    loaded = gt.loadRes(results)
+    assert set(loaded.getImgIds()) <= set(gt.getImgIds())
+    summary = read_json(out / "summary.json")
+    assert summary["failed"][0]["path"].endswith("corrupt.png") and summary["images"] == 3
+
+
+def test_untrained_stage_names_the_command(converted_dataset, tmp_path):
+    cfg = trained_config(tmp_path)  # no runs at all
+    ws = Workspace.from_config(cfg, {"dataset": converted_dataset})
+    with pytest.raises(ModelError, match=r"run `pipe finetune yolo bottle` first"):
+        load_trained(ws, cfg, "cpu")
+    with pytest.raises(ModelError, match=r"run `pipe classify bottle` first"):
+        load_trained(ws, cfg, "cpu", tasks=("classifier",))
+
+
+def test_models_for_another_category_or_classes_are_refused(trained_runs, converted_dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(trained_runs, root)
+    cfg = trained_config(root)
+    ws = Workspace.from_config(cfg, {"dataset": converted_dataset})
+    metrics = ws.sam.metrics
+    write_json(metrics, {**read_json(metrics), "category": "screw"})
+    with pytest.raises(ModelError, match=r"trained for category 'screw', not 'bottle'") as e:
+        load_trained(ws, cfg, "cpu", tasks=("detector", "segmenter"))
+    assert "\n" not in str(e.value)
+
+    best = ws.classify.best(read_json(ws.classify.metrics)["summary"]["best"])
+    ckpt = torch.load(best, weights_only=False)
+    ckpt["classes"] = ["good", "scratch", "crack", "hole"]
+    torch.save(ckpt, best)
+    with pytest.raises(ModelError, match=r"trained for classes \['good', 'scratch', 'crack', 'hole'\]"):
+        load_trained(ws, cfg, "cpu", tasks=("classifier",))
+
+    ws.sam.decoder.write_bytes(ws.sam.decoder.read_bytes() + b"x")
+    write_json(metrics, {**read_json(metrics), "category": "bottle"})
+    with pytest.raises(ModelError, match=r"changed since its run wrote it"):
+        load_trained(ws, cfg, "cpu", tasks=("detector", "segmenter"))
