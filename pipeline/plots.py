@@ -61,3 +61,16 @@ def pr_curves(curves: dict[str, dict[str, Sequence[float]]], title: str, path: P
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def panels(images: Sequence[Any], titles: Sequence[str], title: str, path: Path) -> Path:
+    """RGB images (H, W, 3 uint8) side by side in one row, each under its title: a comparison at a glance."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(images), figsize=(3.3 * len(images), 3.8), dpi=100, squeeze=False)
+    for ax, image, name in zip(axes[0], images, titles):
+        ax.imshow(image)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # below the figure's title
+    return _save(fig, path)

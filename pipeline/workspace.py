@@ -263,6 +263,12 @@ class AnomalyFiles(_TrainedFiles):
         """The fitted PatchCore: its memory bank and settings (``torch.load``)."""
         return self.folder / "patchcore.pt"
 
+    @property
+    def test_maps(self) -> Path:
+        """The shared split's test anomaly maps at the stage's ``imgsz`` (``np.load``: ``rels``, ``maps`` float16),
+        for the report's heat maps."""
+        return self.folder / "maps_test.npz"
+
 
 @dataclass(frozen=True)
 class PredictFiles:

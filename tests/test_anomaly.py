@@ -17,7 +17,7 @@ from pipeline.convert.run import run_convert
 from pipeline.data.layout import load_category
 from pipeline.io import read_json
 from pipeline.stages.anomaly import data as anomaly_data
-from pipeline.stages.anomaly.run import run_anomaly
+from pipeline.stages.anomaly.run import full_size_scores, run_anomaly
 
 
 def _convert(root: Path, out: Path) -> Path:
@@ -47,6 +47,55 @@ def test_the_stage_end_to_end_on_tiny_data(converted_dataset, tmp_path):
     assert set(m["test_scores"]) == set(splits["splits"]["test"])
     assert (tmp_path / "out" / "patchcore.pt").is_file() and m["overlays"]
     assert m["model"]["memory_bank"][0] >= 1
+    _pixel_records(m, splits, converted_dataset, tmp_path / "out")
+
+
+def _pixel_records(m: dict, splits: dict, dataset: Path, out: Path) -> None:
+    """Each split test image's IoU and Dice at its own resolution, their mean over the defective ones, and the
+    saved float16 maps, from which the records are drawn again (to within float16's rounding at the threshold)."""
+    scores, test = m["test_pixel_scores"], sorted(splits["splits"]["test"])
+    assert sorted(scores) == test
+    bad = [r for r in test if splits["labels"][r] != "good"]
+    full = m["split"]["test"]["pixel_full_size"]
+    assert full["defective_images"] == len(bad) == m["split"]["test"]["pixel"]["defective_images"]
+    assert full["mean_iou"] == pytest.approx(np.mean([scores[r]["iou"] for r in bad]), abs=1e-6)
+    assert full["mean_dice"] == pytest.approx(np.mean([scores[r]["dice"] for r in bad]), abs=1e-6)
+    with np.load(out / "maps_test.npz") as z:
+        rels, maps = list(z["rels"]), z["maps"]
+    assert m["test_maps"] == str(out / "maps_test.npz")
+    size = m["model"]["imgsz"]
+    assert rels == test and maps.dtype == np.float16 and maps.shape == (len(test), size, size)
+    data = anomaly_data.load(dataset, 0.25, seed=0)
+    again = full_size_scores(data.category, data.test, maps.astype(np.float32), m["thresholds"]["pixel"])
+    for r in test:
+        assert again[r]["iou"] == pytest.approx(scores[r]["iou"], abs=0.02), r
+
+
+class _Masks:
+    """A stand-in category whose every mask is the left half of a 64 x 48 image (none for good images)."""
+
+    def read_mask(self, sample) -> np.ndarray:
+        mask = np.zeros((64, 48), bool)
+        if sample.label != "good":
+            mask[:, :24] = True
+        return mask
+
+
+def test_pixel_scores_are_at_the_images_own_resolution():
+    """An 8 x 8 map, 1 on its left half, stretched bilinearly over 64 x 48 pixels: at 0.5 it flags columns 0-23
+    exactly (column x samples the map at (x + 0.5) / 6 - 0.5, which is 3.5 at x = 23.5), so the defective image
+    scores 1; at 0.9 it flags columns 0-21 (22 of 24). A good image on which nothing is flagged scores 1, one on
+    which the whole left half is flagged scores 0."""
+    from pipeline.data.layout import Sample
+
+    bad, good = (Sample(f"test/{c}/000.png", "test", c, Path("unused"), None) for c in ("crack", "good"))
+    half = np.zeros((8, 8), np.float32)
+    half[:, :4] = 1.0
+    maps = np.stack([half, np.zeros_like(half), half])
+    out = full_size_scores(_Masks(), [bad, good, bad], maps[:2], 0.5)
+    assert out == {bad.rel: {"iou": 1.0, "dice": 1.0}, good.rel: {"iou": 1.0, "dice": 1.0}}
+    assert full_size_scores(_Masks(), [bad], maps[:1], 0.9)[bad.rel]["iou"] == pytest.approx(22 / 24, abs=1e-6)
+    assert full_size_scores(_Masks(), [good], maps[2:], 0.5)[good.rel] == {"iou": 0.0, "dice": 0.0}
 
 
 def test_the_holdout_is_train_good_only_and_disjoint_from_the_bank(converted_dataset):

@@ -82,6 +82,8 @@ def _odd_inputs(folder: Path, source: Path) -> None:
     cv2.imwrite(str(folder / "colour.jpg"), img)
     (folder / "nested").mkdir()
     cv2.imwrite(str(folder / "nested" / "odd.bmp"), cv2.resize(img, (97, 53)))
+    big = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (1024, 1024))  # MVTec's greyscale categories' size
+    cv2.imwrite(str(folder / "nested" / "big.tif"), big)
     good = (folder / "grey.png").read_bytes()
     (folder / "corrupt.png").write_bytes(good[: len(good) // 2])
 
@@ -93,13 +95,15 @@ def test_cli_any_image_and_bad_input(trained_runs, converted_dataset, tmp_path):
     r = _cli(trained_runs, converted_dataset, str(tmp_path / "in"), "--out", str(out), "--save-overlays",
              "--save-masks", "--batch", "2")
     assert r.exit_code == 1, r.output
-    assert "1 of 4 inputs failed" in r.output and "corrupt.png" in r.output
+    assert "1 of 5 inputs failed" in r.output and "corrupt.png" in r.output
 
     records = _records(out)
-    assert sorted(records) == ["colour.jpg", "grey.png", "odd.bmp"]
+    assert sorted(records) == ["big.tif", "colour.jpg", "grey.png", "odd.bmp"]
+    assert (records["big.tif"]["width"], records["big.tif"]["channels"]) == (1024, 1)
     assert records["grey.png"]["channels"] == 1 and records["colour.jpg"]["channels"] == 3
     assert (records["odd.bmp"]["width"], records["odd.bmp"]["height"]) == (97, 53)
-    mask_names = {"grey.png": "grey_mask.png", "colour.jpg": "colour_mask.png", "odd.bmp": "nested_odd_mask.png"}
+    mask_names = {"grey.png": "grey_mask.png", "colour.jpg": "colour_mask.png", "odd.bmp": "nested_odd_mask.png",
+                  "big.tif": "nested_big_mask.png"}
     for key, rec in records.items():
         assert set(rec["probs"]) == {"good", "broken_large", "broken_small", "contamination"}
         assert abs(sum(rec["probs"].values()) - 1) < 1e-4 and rec["label"] in rec["probs"]
@@ -109,7 +113,7 @@ def test_cli_any_image_and_bad_input(trained_runs, converted_dataset, tmp_path):
             assert m["rle"]["size"] == [rec["height"], rec["width"]]
         mask = cv2.imread(str(out / "masks" / mask_names[key]), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (rec["height"], rec["width"]) and set(np.unique(mask)) <= {0, 255}
-    assert len(list((out / "overlays").rglob("*.png"))) == 3
+    assert len(list((out / "overlays").rglob("*.png"))) == 4
 
     # the COCO results load against a ground truth built on the written image list, for boxes and masks
     doc = read_json(out / "coco_images.json")
@@ -121,7 +125,7 @@ def test_cli_any_image_and_bad_input(trained_runs, converted_dataset, tmp_path):
     loaded = gt.loadRes(results)
     assert set(loaded.getImgIds()) <= set(gt.getImgIds())
     summary = read_json(out / "summary.json")
-    assert summary["failed"][0]["path"].endswith("corrupt.png") and summary["images"] == 3
+    assert summary["failed"][0]["path"].endswith("corrupt.png") and summary["images"] == 4
 
 
 def test_untrained_stage_names_the_command(converted_dataset, tmp_path):

@@ -17,6 +17,7 @@ from pipeline.io import read_json, write_json
 from pipeline.provenance import provenance
 from pipeline.report import compare, sections
 from pipeline.report.build import ORDER, build_report
+from conftest import trained_config
 
 RELS = ["test/crack/000.png", "test/crack/001.png", "test/good/000.png", "test/good/001.png"]
 DEFECTIVE = [True, True, False, False]
@@ -245,3 +246,227 @@ def test_only_images_every_method_scored_are_compared():
     # PatchCore on 0.4 | 0.5 0.1: the defective image beats one good image of two
     assert result.rows[0].auroc == pytest.approx(0.5)
     assert "Only 3 of the shared split's 4 test images were scored by every method" in result.notes[0]
+
+
+# --- pixel level: PatchCore's thresholded map against SAM's masks ------------------------------------------
+
+# per image (crack 000, crack 001, good 000, good 001): (IoU, Dice) as each stage would record them
+PIXELS = {"patchcore": [(0.5, 0.6), (0.3, 0.46), (1.0, 1.0), (0.0, 0.0)],
+          "sam_detector": [(0.8, 0.9), (0.2, 0.3), (1.0, 1.0), (1.0, 1.0)],
+          "sam_true_boxes": [(0.9, 0.95), (0.7, 0.8)]}  # true boxes prompt no good image
+PIXEL = "Pixel level, at each image's own resolution"  # the pixel table's lead-in
+SAM_DET, SAM_TRUE = "SAM from the detector's boxes (supervised)", "SAM from the true boxes (upper bound)"
+
+
+def per_image(key: str) -> dict[str, dict[str, float]]:
+    return {r: {"iou": i, "dice": d} for r, (i, d) in zip(RELS, PIXELS[key])}
+
+
+def pixel_methods(sam: dict[str, Any] | None, anomaly: dict[str, Any] | None) -> list[compare.Masks]:
+    return [compare.patchcore_masks(anomaly, "pipe anomaly bottle"),
+            *(compare.sam_masks(sam, k, "pipe finetune sam bottle", "pipe finetune yolo bottle")
+              for k in compare.SAM_MODES)]
+
+
+def sam_modes(detector: bool = True, scores: bool = True) -> dict[str, Any]:
+    """The SAM stage's test-split modes as it records them, with (or without) each image's record."""
+    def mode(key: str, iou: float) -> dict[str, Any]:
+        m = {"mean_iou": iou, "mean_dice": iou, "mask_ap": {"map50": 0.5, "map": 0.3}, "instances": 2,
+             "per_class": {"crack": {"iou": iou, "dice": iou, "instances": 2}}, "caveats": []}
+        return {**m, "per_image_scores": per_image(key)} if scores else m
+    return {"zero_shot": mode("sam_true_boxes", 0.1), "finetuned": mode("sam_true_boxes", 0.8),
+            "detector_prompted": {**mode("sam_detector", 0.5), "missed_instances": 0, "conf": 0.25} if detector
+            else None}
+
+
+SPLITS = {"labels": {r: r.split("/")[1] for r in RELS}, "splits": {"test": RELS}}
+
+
+def test_pixel_comparison_by_hand():
+    """IoU on the two cracks: PatchCore 0.5 0.3 (0.4 ± 0.141), SAM from detector boxes 0.8 0.2 (0.5 ± 0.424), SAM
+    from true boxes 0.9 0.7 (0.8 ± 0.141): the true boxes lead, by 0.3 over the detector's, within one standard
+    deviation (0.424), and by 0.4 over PatchCore, beyond it. Over all four images (good ones included): PatchCore
+    0.5 0.3 1 0 (0.45 ± 0.420), SAM from detector boxes 0.8 0.2 1 1 (0.75 ± 0.379)."""
+    anomaly = {"test_pixel_scores": per_image("patchcore"), "thresholds": {"pixel": 0.6}}
+    result = compare.compare_pixels(pixel_methods(sam_modes(), anomaly), SPLITS)
+    assert result.defective_images == RELS[:2] and result.all_images == RELS and result.good_images == 2
+    patch, det, true = result.rows
+    assert (patch.defective.iou, patch.defective.dice) == pytest.approx((0.4, 0.53))
+    assert (patch.defective.iou_std, patch.defective.dice_std) == pytest.approx((0.2 / 2 ** 0.5, 0.14 / 2 ** 0.5))
+    assert (det.defective.iou, det.defective.iou_std) == pytest.approx((0.5, 0.6 / 2 ** 0.5))
+    assert (true.defective.iou, true.defective.dice, true.defective.images) == pytest.approx((0.8, 0.875, 2))
+    assert (patch.every.iou, patch.every.iou_std, patch.every.images) == pytest.approx((0.45, (0.53 / 3) ** 0.5, 4))
+    assert (det.every.iou, det.every.iou_std) == pytest.approx((0.75, (0.43 / 3) ** 0.5))
+    assert true.every is None  # it scores no good image
+    assert result.sentence == (
+        f"By mean IoU on the 2 defective test images every method covered, {SAM_TRUE} is best: 0.800 ± 0.141, "
+        f"against 0.500 ± 0.424 for {SAM_DET} (a gap of 0.300, within one standard deviation (0.424): not a "
+        "reliable difference) and 0.400 ± 0.141 for PatchCore (good-only) (a gap of 0.400). "
+        "By mean IoU over all 4 test images (2 good, where a method that flags nothing scores 1), "
+        f"{SAM_DET} is best: 0.750 ± 0.379, against 0.450 ± 0.420 for PatchCore (good-only) (a gap of 0.300, within "
+        f"one standard deviation (0.420): not a reliable difference); {SAM_TRUE} is left out (a good image has no "
+        "true box to prompt with).")
+    s = result.summary()
+    assert s["best_by_iou"] == ["sam_true_boxes"] and s["defective_images"] == 2 and s["all_images"] == 4
+    assert s["patchcore"]["defective"]["iou"] == pytest.approx(0.4) and s["sam_true_boxes"]["all_images"] is None
+    assert s["sam_detector"]["mask"] == "fine-tuned SAM prompted with the detector's boxes (score ≥ 0.25)"
+    assert result.examples(4) == RELS[:2]
+
+
+def test_a_gap_is_hedged_only_within_one_standard_deviation():
+    """PatchCore 0.9 0.9 against SAM from detector boxes 0.5 0.3: a gap of 0.5, beyond both spreads (0, 0.141)."""
+    anomaly = {"test_pixel_scores": {r: {"iou": 0.9, "dice": 0.95} for r in RELS}, "thresholds": {"pixel": 0.6}}
+    result = compare.compare_pixels(pixel_methods(sam_modes(), anomaly)[:2], SPLITS)
+    assert result.sentence.startswith(
+        "By mean IoU on the 2 defective test images every method covered, PatchCore (good-only) is best: "
+        f"0.900 ± 0.000, against 0.500 ± 0.424 for {SAM_DET} (a gap of 0.400, within one standard deviation")
+    steady = {**sam_modes()["detector_prompted"], "per_image_scores": {
+        r: {"iou": v, "dice": v} for r, v in zip(RELS, [0.5, 0.3, 1.0, 1.0])}}
+    result = compare.compare_pixels(pixel_methods({"detector_prompted": steady}, anomaly)[:2], SPLITS)
+    assert f"against 0.400 ± 0.141 for {SAM_DET} (a gap of 0.500)" in result.sentence
+    assert "within one standard deviation" not in result.sentence.split(". ")[0]
+
+
+def test_absent_pixel_methods_are_named_with_the_command_that_fills_them():
+    result = compare.compare_pixels(pixel_methods(None, None), SPLITS)
+    assert [r.masks.absent for r in result.rows] == ["not run: `pipe anomaly bottle`",
+                                                     *["not run: `pipe finetune sam bottle`"] * 2]
+    assert result.sentence.startswith("No method has a mean IoU: PatchCore (good-only) has none (not run: "
+                                      "`pipe anomaly bottle`)")
+    assert result.summary()["patchcore"] is None and result.summary()["best_by_iou"] == []
+    old = {"thresholds": {"pixel": 0.6}}  # written before the stage recorded each image
+    patch, det, true = pixel_methods(sam_modes(detector=False, scores=False), old)
+    assert patch.absent == "no per-image record: `pipe anomaly bottle --force` writes one"
+    assert det.absent == ("not run: it needs the detector's boxes: `pipe finetune yolo bottle`, then "
+                          "`pipe finetune sam bottle --force`")
+    assert true.absent == "no per-image record: `pipe finetune sam bottle --force` writes one"
+    only = compare.compare_pixels([patch, det, compare.sam_masks(sam_modes(), "sam_true_boxes", "s", "y")], SPLITS)
+    assert only.sentence.startswith(f"Only {SAM_TRUE} has a mean IoU on the 2 defective test images every method "
+                                    "covered: 0.800 ± 0.141; PatchCore (good-only) has none (no per-image record")
+    assert only.all_images == [] and only.rows[2].every is None
+
+
+def test_pixel_comparison_uses_only_images_every_method_scored():
+    anomaly = {"test_pixel_scores": {r: v for r, v in per_image("patchcore").items() if r != RELS[1]},
+               "thresholds": {"pixel": 0.6}}
+    result = compare.compare_pixels(pixel_methods(sam_modes(), anomaly), SPLITS)
+    assert result.defective_images == RELS[:1] and result.all_images == [RELS[0], *RELS[2:]]
+    assert result.rows[2].defective.iou == pytest.approx(0.9) and result.rows[2].defective.iou_std == 0.0
+    assert result.notes == ["Only 1 of the shared split's 2 defective test images were scored by every method that "
+                            "ran; the defective-image columns use those."]
+
+
+def write_test_images() -> None:
+    """The four test images (24 x 32, grey) in the converted dataset, and COCO test annotations with each crack's
+    mask: columns 4-11 of rows 8-15."""
+    import cv2
+    import numpy as np
+
+    from pipeline.coco import encode, to_json
+
+    folder = Path("datasets/bottle/coco/images/test")
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((24, 32), bool)
+    mask[8:16, 4:12] = True
+    for r in RELS:
+        cv2.imwrite(str(folder / r.replace("/", "_")), np.full((24, 32), 120, np.uint8))
+    write_json(Path("datasets/bottle/coco/annotations/instances_test.json"), {
+        "images": [{"id": i + 1, "file_name": r.replace("/", "_"), "source": r, "width": 32, "height": 24}
+                   for i, r in enumerate(RELS)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 8, 8, 8], "area": 64,
+                         "iscrowd": 0, "segmentation": to_json(encode(mask))} for i in range(2)],
+        "categories": [{"id": 1, "name": "crack"}]})
+
+
+def write_pixel_outputs() -> None:
+    """PatchCore's per-image record and its saved 8 x 8 maps, and the SAM stage's metrics and masks."""
+    import numpy as np
+
+    from pipeline.coco import encode, to_json
+
+    m = read_json(Path("runs/bottle/anomaly/metrics.json"))
+    write_json(Path("runs/bottle/anomaly/metrics.json"), {**m, "test_pixel_scores": per_image("patchcore")})
+    maps = np.zeros((4, 8, 8), np.float16)
+    maps[:2, 2:6, 1:4] = 1.0
+    np.savez_compressed("runs/bottle/anomaly/maps_test.npz", rels=np.array(RELS), maps=maps)
+    w = {"name": "vit_tiny", "source": "random-init", "pretrained": True, "file": "s.pt", "sha256": "34" * 32}
+    write_json(Path("runs/bottle/sam/metrics.json"), record("sam", w, weights=w, **sam_modes(), overlays=[]))
+    blob = np.zeros((24, 32), bool)
+    blob[6:14, 2:10] = True
+    for mode in ("gt_boxes", "detector"):
+        write_json(Path(f"runs/bottle/sam/masks_test_{mode}.json"), [
+            {"image_id": 1, "category_id": 1, "segmentation": to_json(encode(blob)), "score": 0.9}])
+
+
+def test_the_report_sets_pixels_beside_images_with_figures(tmp_path):
+    write_splits()
+    write_anomaly()
+    write_test_images()
+    write_pixel_outputs()
+    summary = build_report(load_config("bottle", "tiny"), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    section = md.split(VERSUS, 1)[1].split("\n## ", 1)[0]
+    assert table_row(md, PIXEL, "PatchCore")[1:] == ["map ≥ 0.6, fitted on val + held-out train/good", "2",
+                                                     "0.400 ± 0.141", "0.530 ± 0.099", "4", "0.450 ± 0.420",
+                                                     "0.515 ± 0.413"]
+    assert table_row(md, PIXEL, SAM_DET)[2:5] == ["2", "0.500 ± 0.424", "0.600 ± 0.424"]
+    assert table_row(md, PIXEL, SAM_TRUE)[2:6] == ["2", "0.800 ± 0.141", "0.875 ± 0.106",
+                                                    "– (a good image has no true box to prompt with)"]
+    # the paragraph: image level, pixel level, and who wins where
+    assert ("**Image level.** Only PatchCore (good-only) has an image AUROC on these 4 test images (2 defective, "
+            "2 good): 0.750") in section
+    assert f"**Pixel level.** By mean IoU on the 2 defective test images every method covered, {SAM_TRUE}" in section
+    assert ("**Where each wins.** Ranking images (AUROC): PatchCore (good-only); deciding at its operating point "
+            f"(F1): PatchCore (good-only); outlining defects (mean IoU on the defective images): {SAM_TRUE}, though "
+            f"within one standard deviation of {SAM_DET}; outlining defects without being shown where they are: "
+            f"{SAM_DET}, though within one standard deviation of PatchCore (good-only).") in section
+    seg = summary["defect_segmentation"]
+    assert seg["best_by_iou"] == ["sam_true_boxes"] and seg["good_images"] == 2
+    assert seg["sam_detector"]["defective"]["iou"] == pytest.approx(0.5)
+    assert summary["comparison_text"].startswith("**Image level.**")
+    assert read_json(tmp_path / "summary.json")["defect_segmentation"] == seg
+    # one figure per crack, four panels each, embedded full width in the self-contained HTML
+    figures = sorted((tmp_path / "figures").glob("pixels_*.png"))
+    assert [f.name for f in figures] == ["pixels_test_crack_000.png", "pixels_test_crack_001.png"]
+    assert all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
+    assert "](figures/pixels_test_crack_000.png)" in section
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('<figure class="wide">') == 1 and html.count("data:image/png;base64,") >= 3
+
+
+def test_the_pixel_table_names_what_is_missing(tmp_path):
+    write_splits()
+    write_anomaly()  # without a per-image record: written before the stage kept one
+    summary = build_report(load_config("bottle", "tiny"), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert table_row(md, PIXEL, "PatchCore")[1] == "no per-image record: `pipe anomaly bottle --force` writes one"
+    assert table_row(md, PIXEL, SAM_DET)[1] == "not run: `pipe finetune sam bottle`"
+    assert summary["defect_segmentation"]["patchcore"] is None
+    assert not (tmp_path / "figures").is_dir() or not list((tmp_path / "figures").glob("pixels_*.png"))
+
+
+def test_the_stages_records_reach_the_report(trained_runs, converted_dataset, tmp_path):
+    """On the tiny trained runs: every pixel method has numbers, on the same images, and figures are drawn."""
+    cfg = trained_config(trained_runs, f"paths.datasets={converted_dataset.parent}")
+    summary = build_report(cfg, tmp_path)
+    seg = summary["defect_segmentation"]
+    splits = read_json(converted_dataset / "splits.json")
+    bad = [r for r in splits["splits"]["test"] if splits["labels"][r] != "good"]
+    assert seg["defective_images"] == len(bad) > 0
+    for key in ("patchcore", "sam_detector", "sam_true_boxes"):
+        assert seg[key]["defective"]["images"] == len(bad) and 0.0 <= seg[key]["defective"]["iou"] <= 1.0
+    assert seg["all_images"] == len(splits["splits"]["test"]) and seg["sam_true_boxes"]["all_images"] is None
+    assert 1 <= len(list((tmp_path / "figures").glob("pixels_*.png"))) <= 4
+    assert "**Where each wins.**" in (tmp_path / "report.md").read_text()
+
+
+def test_unreadable_anomaly_maps_stop_with_the_command_that_rewrites_them(tmp_path):
+    from pipeline.errors import PipeError
+
+    write_splits()
+    write_anomaly()
+    write_pixel_outputs()
+    Path("runs/bottle/anomaly/maps_test.npz").write_bytes(b"not a zip")
+    with pytest.raises(PipeError, match=r"maps_test\.npz: cannot read the anomaly maps .*`pipe anomaly bottle "
+                                        "--force`"):
+        build_report(load_config("bottle", "tiny"), tmp_path)

@@ -61,6 +61,11 @@ def test_stage_end_to_end_with_cache_and_resume(converted_dataset, tmp_path):
         assert m[mode]["mean_iou"] <= m[mode]["mean_dice"] + 1e-9  # Dice >= IoU for every mask
         assert m[mode]["instances"] == sum(c["instances"] for c in m[mode]["per_class"].values()) > 0
     assert m["detector_prompted"] is None  # the YOLO stage has not run in this folder
+    coco = json.loads((converted_dataset / "coco/annotations/instances_test.json").read_text())
+    defective = {im["source"] for im in coco["images"] if any(a["image_id"] == im["id"] for a in coco["annotations"])}
+    for mode in ("zero_shot", "finetuned"):
+        _per_image_consistent(m[mode])
+        assert set(m[mode]["per_image_scores"]) == defective  # true boxes prompt only images with a defect
     assert m["weights"]["source"] == "random-init" and m["zero_shot"]["meaningful"] is False
     assert m["provenance"] == provenance("synthetic", [m["weights"]]) and m["provenance"]["meaningful"] is False
     assert m["data"]["provenance"] == "synthetic" and m["device"] == "cpu"
@@ -97,6 +102,21 @@ def test_detector_boxes_prompt_the_end_to_end_score(converted_dataset, tmp_path,
     assert MODE <= set(e2e) and e2e["boxes"] == len(dets) - 1
     assert e2e["per_image"]["per_label"]["good"]["iou"] < 1.0  # the spurious box is counted against the good image
     assert e2e["per_image"]["images"] == len(coco["images"])
+    _per_image_consistent(e2e)
+    assert set(e2e["per_image_scores"]) == {im["source"] for im in coco["images"]}  # good images too
+    good_rel = next(im["source"] for im in coco["images"] if im["id"] == good)
+    assert e2e["per_image_scores"][good_rel]["iou"] == 0.0  # the spurious box's mask, where there is no defect
+
+
+def _per_image_consistent(mode: dict) -> None:
+    """Each image's record (keyed by its MVTec path) averages to the mode's per-image summary."""
+    scores = mode["per_image_scores"]
+    assert len(scores) == mode["per_image"]["images"] > 0
+    assert all(k.startswith("test/") and k.endswith(".png") for k in scores)
+    for k in ("iou", "dice"):
+        assert sum(v[k] for v in scores.values()) / len(scores) == pytest.approx(mode["per_image"][f"mean_{k}"],
+                                                                                  abs=1e-5)
+    assert all(0.0 <= v["iou"] <= v["dice"] + 1e-9 <= 1.0 + 1e-9 for v in scores.values())
 
 
 def test_ground_truth_loaded_once_scores_like_a_fresh_load_each_time(converted_dataset):

@@ -116,6 +116,13 @@ def square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(to_rgb(image), (size, size), interpolation=cv2.INTER_AREA)
 
 
+def unsquare(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A (size, size) map computed on :func:`square`'s image, stretched back over the image's own ``height`` x
+    ``width`` pixels by bilinear interpolation (float32): so a score map is thresholded against a mask at the
+    resolution the mask, and every other stage's masks, have."""
+    return cv2.resize(np.asarray(values, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def read_mask_raw(path: Path) -> np.ndarray:
     """The mask as stored, single channel uint8 (colour masks are reduced to their maximum channel)."""
     mask = read_image(path)

@@ -130,7 +130,7 @@ def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = N
     names = [str(n) for n in saved["names"]]
     _same_classes("detector", path, names, list(get_category(cfg.category).defects), cfg.category)
     set_prompts(model, saved["feats"], names)
-    return Detector(model.to(device), names, cfg.yolo.imgsz, device, path)
+    return Detector(model.to(device), names, cfg.yolo.imgsz, device, path, cfg.predict.max_det)
 
 
 # --- segmenter -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ itself.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from pipeline.errors import PipeError
 from pipeline.io import read_json, write_json, write_text
 from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, merge, provenance
 from pipeline.registry import results
-from pipeline.report import compare, sections
+from pipeline.report import compare, figures, sections
 from pipeline.report.document import Document
 from pipeline.uptodate import wall_time
 from pipeline.workspace import Dataset, ReportFiles, Workspace
@@ -86,7 +87,8 @@ def anomaly_numbers(a: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
                      walls: dict[str, float | None],
-                     comparison: compare.Comparison | None = None) -> dict[str, Any]:
+                     comparison: compare.Comparison | None = None,
+                     pixel: compare.PixelComparison | None = None) -> dict[str, Any]:
     """summary.json: the numbers a dashboard or a regression check reads, with what they mean."""
     y, s, c = loaded.get("yolo"), loaded.get("sam"), loaded.get("classify")
     best = next((a for a in c["attempts"] if a["id"] == c["summary"]["best"]), None) if c else None
@@ -107,17 +109,25 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
             "cv_accuracy": (best.get("cv") or {}).get("accuracy"), "cv_macro_f1": (best.get("cv") or {}).get("macro_f1")},
         "anomaly": anomaly_numbers(loaded.get("anomaly")),
         "defect_detection": None if comparison is None else comparison.summary(),
+        "defect_segmentation": None if pixel is None else pixel.summary(),
+        "comparison_text": None if comparison is None or pixel is None else compare.paragraph(comparison, pixel),
         "wall_s": walls,
         "device": next((loaded[k]["device"] for k in STAGES if loaded.get(k) and "device" in loaded[k]), None),
     }
 
 
-def comparison_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], category: str) -> compare.Comparison:
+def _stage_dataset(ws: Workspace, record: dict[str, Any] | None) -> Dataset:
+    """The converted dataset a stage recorded it read (``data.dataset``), else the workspace's."""
+    folder = ((record or {}).get("data") or {}).get("dataset")
+    return Dataset(Path(folder)) if folder else ws.dataset
+
+
+def comparison_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], category: str,
+                      splits: dict[str, Any] | None) -> compare.Comparison:
     """The comparison's signals, from the stages' outputs and the files beside them, found through the workspace:
     the best classification attempt's shared-split record, the detector's COCO detections and the COCO test
     annotations of the dataset the detector read (they name each image's MVTec path), and the shared splits."""
     a, c, y = loaded.get("anomaly"), loaded.get("classify"), loaded.get("yolo")
-    splits = _load("convert", ws.dataset.splits, category)
     record = record_path = None
     if c:
         entry = next((e for e in c.get("attempts") or [] if e["id"] == (c.get("summary") or {}).get("best")), None)
@@ -126,8 +136,7 @@ def comparison_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], c
             record = _load("classify", record_path, category)
     detections = annotations = None
     det_path = ws.yolo.detections()
-    dataset = Dataset(Path(y["data"]["dataset"])) if y and (y.get("data") or {}).get("dataset") else ws.dataset
-    ann_path = dataset.coco.annotations("test")
+    ann_path = _stage_dataset(ws, y).coco.annotations("test")
     if y:
         detections = _load("yolo", det_path, category)
         annotations = _load("convert", ann_path, category)
@@ -136,6 +145,46 @@ def comparison_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], c
                compare.detector(y, detections, annotations, sections.command("yolo", category),
                                 (str(det_path), str(ann_path)))]
     return compare.compare(signals, splits)
+
+
+SAM_MASKS = {"sam_detector": "detector", "sam_true_boxes": "gt_boxes"}  # compare.SAM_MODES -> SamFiles.masks
+
+
+def pixel_inputs(ws: Workspace, loaded: dict[str, dict[str, Any] | None], category: str,
+                 splits: dict[str, Any] | None) -> tuple[compare.PixelComparison, figures.PanelSources]:
+    """The pixel-level comparison from the per-image records in the anomaly and SAM outputs, and what its
+    figures draw: the test images and true masks of the dataset the stages read, PatchCore's saved maps, SAM's
+    masks as COCO results."""
+    a, s = loaded.get("anomaly"), loaded.get("sam")
+    sam_command = sections.command("sam", category)
+    methods = [compare.patchcore_masks(a, sections.command("anomaly", category)),
+               *(compare.sam_masks(s, k, sam_command, sections.command("yolo", category)) for k in compare.SAM_MODES)]
+    result = compare.compare_pixels(methods, splits)
+    dataset = _stage_dataset(ws, s or a)
+    ran = [m.key for m in methods if not m.absent]
+    annotations = _load("convert", dataset.coco.annotations("test"), category) if ran else None
+    sam = {k: _load("sam", ws.sam.masks(SAM_MASKS[k]), category) for k in ran if k in SAM_MASKS}
+    return result, figures.PanelSources(
+        dataset.coco, annotations, _maps(ws.anomaly.test_maps, category) if "patchcore" in ran else {},
+        float(a["thresholds"]["pixel"]) if "patchcore" in ran else None,
+        {k: v for k, v in sam.items() if v is not None})
+
+
+def _maps(path: Path, category: str) -> dict[str, Any]:
+    """PatchCore's saved test maps (none when the file is missing); an unreadable file stops with the command that
+    writes it again, as an unreadable output does."""
+    try:
+        return figures.load_maps(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise PipeError(f"{path}: cannot read the anomaly maps ({exc}); rerun `{sections.command('anomaly', category)}"
+                        " --force` to write them again") from None
+
+
+def pixel_figures(result: compare.PixelComparison, sources: figures.PanelSources, folder: Path) -> list[Path]:
+    """The side-by-side figures, replacing those of an earlier report (its examples may have been others)."""
+    for old in folder.glob("pixels_*.png"):
+        old.unlink()
+    return figures.side_by_side(result, sources, folder)
 
 
 def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = None) -> dict[str, Any]:
@@ -155,13 +204,15 @@ def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = No
     sections.segmentation(doc, loaded["sam"], cfg.category)
     sections.classification(doc, loaded["classify"], cfg.category)
     sections.anomaly(doc, loaded["anomaly"], cfg.category)
-    versus = comparison_inputs(ws, loaded, cfg.category)
-    sections.comparison(doc, versus)
+    splits = _load("convert", ws.dataset.splits, cfg.category)
+    versus = comparison_inputs(ws, loaded, cfg.category, splits)
+    pixel, panels = pixel_inputs(ws, loaded, cfg.category, splits)
+    sections.comparison(doc, versus, pixel, pixel_figures(pixel, panels, files.figures))
     sections.overlays(doc, loaded["yolo"], loaded["sam"])
     walls = {k: wall_time(p.parent) for k, p in paths.items()}  # each stage's stamp sits beside its output
     sections.environment(doc, loaded, walls)
     sections.provenance(doc, loaded)
-    summary = headline_numbers(loaded, notes, walls, versus)
+    summary = headline_numbers(loaded, notes, walls, versus, pixel)
     write_text(files.markdown, doc.markdown(out))
     write_text(files.html, doc.html())
     write_json(files.summary, summary)

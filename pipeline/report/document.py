@@ -61,10 +61,12 @@ class Document:
     def table(self, header: list[str], rows: list[list[Any]]) -> None:
         self.blocks.append(("table", (header, [[cell(v) for v in row] for row in rows])))
 
-    def images(self, paths: list[Path], caption: str) -> None:
+    def images(self, paths: list[Path], caption: str, wide: bool = False) -> None:
+        """The figures that exist, under one caption; ``wide``: one per line at full width in HTML (a row of
+        panels side by side would be unreadable at the third of the page an ordinary figure gets)."""
         existing = [Path(p) for p in paths if Path(p).is_file()]
         if existing:
-            self.blocks.append(("images", (existing, caption)))
+            self.blocks.append(("images", (existing, caption, wide)))
 
     def markdown(self, base: Path) -> str:
         """Markdown with images linked relative to ``base`` (the folder the file is written to)."""
@@ -83,7 +85,7 @@ class Document:
                 lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                 lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
             elif kind == "images":
-                paths, caption = value
+                paths, caption, _ = value
                 lines += [" ".join(f"![{caption}]({os.path.relpath(p, base)})" for p in paths), "", f"*{caption}*", ""]
         return "\n".join(lines)
 
@@ -105,10 +107,11 @@ class Document:
                 trs = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
             elif kind == "images":
-                paths, caption = value
+                paths, caption, wide = value
                 imgs = "".join(f'<img alt="{html.escape(caption)}" src="data:image/{_mime(p)};base64,'
                                f'{base64.b64encode(p.read_bytes()).decode()}">' for p in paths)
-                body.append(f'<figure>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>')
+                css = ' class="wide"' if wide else ""
+                body.append(f'<figure{css}>{imgs}<figcaption>{html.escape(caption)}</figcaption></figure>')
         return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}"
                 f"</title><style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>\n"
                 + "\n".join(body) + "\n</body></html>\n")
@@ -124,5 +127,6 @@ table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left}th{background:#f2f2f2}
 .callout{background:#fff3cd;border-left:5px solid #d39e00;padding:.7em 1em;font-weight:600}
 figure{margin:.5em 0 1.5em}figure img{max-width:32%;margin:0 .5% .5% 0;border:1px solid #ddd}
+figure.wide img{display:block;max-width:100%}
 figcaption{font-size:.85em;color:#555}code{background:#f4f4f4;padding:0 .2em}
 """

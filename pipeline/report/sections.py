@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline import plots
 from pipeline.registry import STAGES
-from pipeline.report.compare import Comparison
+from pipeline.report.compare import Comparison, PixelComparison, Spread, verdicts
 from pipeline.report.document import Document, cell
 from pipeline.stages.classify.report import attempts_rows, recall_rows
 
@@ -206,8 +206,9 @@ def anomaly(doc: Document, a: Stage, category: str, limit: int = 8) -> None:
                "at the fitted image threshold")
 
 
-def comparison(doc: Document, result: Comparison) -> None:
-    """Image-level defect detection by every method on the same test images (``pipeline.report.compare``)."""
+def comparison(doc: Document, result: Comparison, pixel: PixelComparison, figures: list[Path]) -> None:
+    """Defect detection (image level) and defect outlines (pixel level) by every method on the same test images
+    (``pipeline.report.compare``), the paragraph saying which wins where, and example images side by side."""
     doc.heading("Good-only against supervised, on the same test images")
     doc.text("Each method read as an image-level defect detector (an image is positive when MVTec files it under a "
              "defect class) on the shared split's test images, each at its own operating point: PatchCore's image "
@@ -224,8 +225,37 @@ def comparison(doc: Document, result: Comparison) -> None:
                      r.at_point.get("precision"), r.at_point.get("recall"), r.at_point.get("accuracy")])
     doc.table(["method", "operating point", "images (defective / good)", "AUROC", "F1", "precision", "recall",
                "accuracy"], rows)
-    doc.text(result.sentence)
     doc.bullets(result.notes)
+    _pixel_table(doc, pixel)
+    doc.bullets(verdicts(result, pixel))
+    doc.images(figures, "Each example: the image with its true defect in green; PatchCore's heat map with the "
+                        "region at its fitted pixel threshold in white; SAM's masks (magenta) from the detector's "
+                        "boxes and from the true boxes. Titles give the IoU and Dice each stage recorded for the "
+                        "image, at full resolution.", wide=True)
+
+
+def _spread(s: Spread | None) -> list[str]:
+    return ["–"] * 2 if s is None else [f"{cell(s.iou)} ± {cell(s.iou_std)}", f"{cell(s.dice)} ± {cell(s.dice_std)}"]
+
+
+def _pixel_table(doc: Document, pixel: PixelComparison) -> None:
+    over = (f" over the {len(pixel.defective_images)} defective test images every method covered, and over all "
+            f"{len(pixel.all_images)} test images ({pixel.good_images} good, where a method that flags nothing "
+            "scores 1) for the methods that score good images" if pixel.defective_images else "")
+    doc.text("Pixel level, at each image's own resolution: the union of what each method flags against the union "
+             f"of the true defects, per image, as each stage recorded it; mean ± sample standard deviation{over}.")
+    rows = []
+    for r in pixel.rows:
+        m = r.masks
+        if m.absent:
+            rows.append([m.method, m.absent, *["–"] * 6])
+            continue
+        every = f"– ({m.skips_good})" if m.skips_good else r.every.images if r.every else "–"
+        rows.append([m.method, m.made, r.defective.images if r.defective else "–", *_spread(r.defective),
+                     every, *_spread(r.every)])
+    doc.table(["method", "mask", "defective images", "IoU", "Dice", "all test images", "IoU (all)", "Dice (all)"],
+              rows)
+    doc.bullets(pixel.notes)
 
 
 def overlays(doc: Document, yolo: Stage, sam: Stage, limit: int = 6) -> None:

@@ -5,6 +5,10 @@
 2. The shared split of ``splits.json``, beside the supervised stages: the image and pixel thresholds are
    fitted on the split's ``val`` images plus the held-out ``train/good`` images, then image F1/accuracy and
    pixel IoU/Dice are measured on the split's ``test`` images once.
+
+For the report's comparison with SAM, each split test image's IoU and Dice are also recorded at the image's own
+resolution (``test_pixel_scores``, the map stretched back bilinearly), and the split's test maps are kept at
+``imgsz`` (``maps_test.npz``) for the heat maps drawn beside SAM's masks.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
+from pipeline.coco import dice, iou
 from pipeline.console import track
-from pipeline.io import atomic_dir, write_json
+from pipeline.data.images import unsquare
+from pipeline.data.layout import Category, Sample
+from pipeline.io import atomic_dir, atomic_path, write_json
 from pipeline.metrics import anomaly as metrics
 from pipeline.stages.anomaly import data as anomaly_data
 from pipeline.stages.anomaly.model import FeatureExtractor, PatchCore
@@ -95,6 +102,9 @@ def run_anomaly(cfg: Config, dataset: Dataset | Path, out: Path) -> dict[str, An
                      "pixel": metrics.masks_at_threshold(tm, tk, pixel_t)},
         }
         test_scores = {s.rel: round(float(v), 6) for s, v in zip(data.test, ts)}
+        pixel_scores = full_size_scores(data.category, data.test, tm, pixel_t)
+        split["test"]["pixel_full_size"] = _full_size_summary(pixel_scores, data.test)
+        _save_maps(files.test_maps, data.test, tm)
     with phases("overlays"), atomic_dir(files.overlays) as tmp:
         overlays = _overlays(tmp, data, ts, tm, tk, image_t, a)
     metrics_doc = {
@@ -108,6 +118,8 @@ def run_anomaly(cfg: Config, dataset: Dataset | Path, out: Path) -> dict[str, An
         "split": split,
         "thresholds": {"image": image_t, "pixel": pixel_t},
         "test_scores": test_scores,
+        "test_pixel_scores": pixel_scores,
+        "test_maps": str(files.test_maps),
         "overlays": [str(files.overlays / p.name) for p in overlays],
         "ms_per_image": round(1000 * phases.seconds["score"] / max(1, len(scored)), 3),
         "timing_s": phases.record(),
@@ -115,6 +127,35 @@ def run_anomaly(cfg: Config, dataset: Dataset | Path, out: Path) -> dict[str, An
     write_json(files.metrics, metrics_doc)
     distributed.shutdown(d)
     return metrics_doc
+
+
+def full_size_scores(cat: Category, samples: list[Sample], maps: np.ndarray,
+                     threshold: float) -> dict[str, dict[str, float]]:
+    """Each image's IoU and Dice (``rel`` -> ``{"iou", "dice"}``) of its map at ``threshold`` against its true mask,
+    at the image's own resolution: the map stretched back bilinearly (``unsquare``), compared in float64 as
+    :mod:`pipeline.metrics.anomaly` compares. SAM's masks are scored at that resolution, so the report compares
+    the two like for like. A good image with no pixel flagged scores 1 (``pipeline.coco.iou``)."""
+    out = {}
+    for s, m in zip(samples, maps):
+        truth = cat.read_mask(s)
+        pred = unsquare(m, *truth.shape).astype(np.float64) >= threshold
+        out[s.rel] = {"iou": round(iou(pred, truth), 6), "dice": round(dice(pred, truth), 6)}
+    return out
+
+
+def _full_size_summary(scores: dict[str, dict[str, float]], samples: list[Sample]) -> dict[str, Any]:
+    """The means over the defective images, as ``masks_at_threshold`` summarises the ``imgsz`` masks."""
+    bad = [scores[s.rel] for s in samples if s.label != "good"]
+    return {"defective_images": len(bad),
+            **{f"mean_{k}": round(float(np.mean([v[k] for v in bad])), 6) if bad else None for k in ("iou", "dice")}}
+
+
+def _save_maps(path: Path, samples: list[Sample], maps: np.ndarray) -> Path:
+    """The maps as float16 at ``imgsz``, compressed (a few hundred kB for a category's split test images): enough
+    to draw a heat map, not to measure again (the numbers are in ``metrics.json``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, rels=np.array([s.rel for s in samples]), maps=maps.astype(np.float16))
+    return path
 
 
 def _overlays(folder: Path, data: anomaly_data.AnomalyData, scores: np.ndarray, maps: np.ndarray,

@@ -41,6 +41,7 @@ class Item:
     boxes: np.ndarray  # (N, 4) xyxy in pixels
     categories: list[int]  # COCO category id per instance
     digest: str  # sha256 of the image file: the cache key's image part
+    source: str = ""  # the MVTec image it was converted from (``test/crack/000.png``), as the COCO file records it
     cache: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)  # view -> prepared tensors
 
     @property
@@ -77,7 +78,7 @@ def load_split(dataset: Dataset | Path, split: str) -> tuple[list[Item], dict[in
         masks = np.stack([decode(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
         boxes = xywh_to_xyxy([a["bbox"] for a in anns])
         items.append(Item(im["file_name"], image_id, path, h, w, masks, boxes, [a["category_id"] for a in anns],
-                          hashlib.sha256(path.read_bytes()).hexdigest()))
+                          hashlib.sha256(path.read_bytes()).hexdigest(), im.get("source") or ""))
     return items, {c["id"]: c["name"] for c in doc["categories"]}
 
 

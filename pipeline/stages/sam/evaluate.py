@@ -5,8 +5,10 @@
   result: a missed defect scores IoU 0 for its instance; a spurious box adds false mask to its image.
 
 Per instance: IoU and Dice of its mask with the best-overlapping prediction. Per image: the union of the
-predicted masks against the union of the true ones (an image with neither scores 1). Mask AP comes from
-pycocotools on the predicted masks as COCO results, against ground truth the caller loaded once.
+predicted masks against the union of the true ones (an image with neither scores 1), summarised in ``per_image``
+and kept for each image in ``per_image_scores`` (keyed by the MVTec path the COCO image records as ``source``,
+else its file name), so the report can set them beside the good-only detector's on the same images. Mask AP
+comes from pycocotools on the predicted masks as COCO results, against ground truth the caller loaded once.
 
 Masks come from the one ``Predictor`` of the run, each image's (cached) embedding set once and prompted with
 all its boxes: the path ``pipe predict`` takes too.
@@ -56,7 +58,7 @@ def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names:
     ``gt`` is the test split's COCO ground truth (``metrics.coco.load_truth``), shared by every mode."""
     inst_iou, inst_dice = defaultdict(list), defaultdict(list)
     img_iou, img_dice = defaultdict(list), defaultdict(list)
-    results, masks_out = [], {}
+    results, masks_out, by_image = [], {}, {}
     missed = 0
     for item in items:
         if prompts is None:
@@ -82,8 +84,10 @@ def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names:
             inst_dice[cls].append(dice(pred, truth))
         union_pred = masks.any(0) if len(masks) else np.zeros((item.height, item.width), bool)
         union_true = item.masks.any(0) if len(item.masks) else np.zeros_like(union_pred)
-        img_iou[item.label].append(iou(union_pred, union_true))
-        img_dice[item.label].append(dice(union_pred, union_true))
+        scored = {"iou": iou(union_pred, union_true), "dice": dice(union_pred, union_true)}
+        img_iou[item.label].append(scored["iou"])
+        img_dice[item.label].append(scored["dice"])
+        by_image[item.source or item.name] = {k: round(v, 6) for k, v in scored.items()}
         for k, m in enumerate(masks):
             results.append({"image_id": item.image_id, "category_id": int(cats[k]), "segmentation": to_json(encode(m)),
                             "score": float(scores[k] if scores is not None else iou_pred[k])})
@@ -98,6 +102,7 @@ def score(predictor: Predictor, items: list[Item], cache: EmbeddingCache, names:
                       "mean_dice": _summary([v for vs in img_dice.values() for v in vs]),
                       "per_label": {k: {"iou": _summary(img_iou[k]), "dice": _summary(img_dice[k]),
                                         "images": len(img_iou[k])} for k in sorted(img_iou)}},
+        "per_image_scores": by_image,
         "mask_ap": coco_ap(gt, results, "segm"),
     }
     if prompts is not None:
