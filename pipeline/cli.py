@@ -363,7 +363,9 @@ def predict(
                                                      "a previous `pipe predict` result there is replaced.")] = None,
     name: Annotated[str, typer.Option(help="Name of the run under runs/<category>/predict/.")] = "predict",
     detector: Annotated[ModelFile, typer.Option(help="YOLO-World checkpoint (default: the yolo stage's best.pt).")] = None,
-    segmenter: Annotated[ModelFile, typer.Option(help="SAM decoder (default: the sam stage's decoder.pt).")] = None,
+    segmenter: Annotated[ModelFile, typer.Option(help="SAM decoder (default: the sam stage's decoder.pt; with "
+                                                      "--backend onnx an exported sam_decoder.onnx, its encoder beside "
+                                                      "it).")] = None,
     classifier: Annotated[ModelFile, typer.Option(help="Classifier checkpoint (default: the best attempt's best.pt).")] = None,
     anomaly: Annotated[ModelFile, typer.Option(help="PatchCore model (default: the anomaly stage's patchcore.pt).")] = None,
     conf: Annotated[Optional[float], typer.Option(help="Box score threshold (config: predict.conf, else "
@@ -391,7 +393,7 @@ def predict(
     from pipeline.predict.models import load_anomaly, load_trained
     from pipeline.predict.run import PredictOptions, categories, failure_line, run_predict
     from pipeline.runner import protected
-    from pipeline.workspace import Workspace
+    from pipeline.workspace import ExportFiles, Workspace
 
     cfg = _config(category, config, profile, set_, device=device, **{
         "predict.conf": conf, "predict.iou": iou, "predict.mask_threshold": mask_threshold, "predict.batch": batch,
@@ -405,7 +407,10 @@ def predict(
     if p.backend == "onnx":
         from pipeline.export.runtime import load_exported
 
-        models = load_exported(ws, cfg, {k: v for k, v in files.items() if k != "anomaly"})
+        parts: dict[str, Path | None] = {"detector": detector, "classifier": classifier, "sam_decoder": segmenter}
+        if segmenter:  # the decoder's encoder is the one exported beside it
+            parts["sam_encoder"] = ExportFiles(segmenter.parent).part("sam_encoder", "onnx")
+        models = load_exported(ws, cfg, parts, "onnx", dev, p.mask_threshold)
         if anomaly or ws.anomaly.model.is_file():  # PatchCore is not exported: it runs in PyTorch beside them
             models.anomaly = load_anomaly(ws, cfg, dev, anomaly)
     else:
@@ -455,7 +460,7 @@ def export(
     with locked(ws.export.folder, "export"):
         report = run_export(cfg, ws, list(dict.fromkeys(format_)), select_device(cfg.device),
                             cfg.predict.box_conf(cfg), images)
-    info(f"exported and verified {', '.join(sorted(report.get('parts', report)))} -> {ws.export.folder} "
+    info(f"exported and verified {', '.join(sorted(report['parts']))} -> {ws.export.folder} "
          f"(report: {ws.export.report})")
 
 

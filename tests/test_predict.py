@@ -159,3 +159,30 @@ def test_models_for_another_category_or_classes_are_refused(trained_runs, conver
     write_json(metrics, {**read_json(metrics), "category": "bottle"})
     with pytest.raises(ModelError, match=r"changed since its run wrote it"):
         load_trained(ws, cfg, "cpu", tasks=("detector", "segmenter"))
+
+
+def test_cli_export_then_predict_with_onnx(trained_runs, converted_dataset, tmp_path):
+    """`pipe export` then `pipe predict --backend onnx`: the exported files answer as the PyTorch models do."""
+    root = tmp_path / "copy"
+    shutil.copytree(trained_runs, root)
+    sets = [x for s in (*TRAINED_SETS, f"paths.runs={root / 'runs'}") for x in ("--set", s)]
+    common = ["--profile", "tiny", *sets, "--dataset", str(converted_dataset)]
+    r = CliRunner().invoke(app, ["export", "bottle", *common])
+    assert r.exit_code == 0, r.output
+    report = read_json(root / "runs" / "bottle" / "export" / "export_report.json")
+    assert report["passed"] and set(report["parts"]) == {"detector", "sam_encoder", "sam_decoder", "classifier"}
+
+    images = str(converted_dataset / "coco" / "images" / "test")
+    outs = {}
+    for backend in ("torch", "onnx"):
+        outs[backend] = tmp_path / backend
+        r = CliRunner().invoke(app, ["predict", "bottle", images, "--out", str(outs[backend]), "--backend", backend,
+                                     *common])
+        assert r.exit_code == 0, r.output
+    torch_recs, onnx_recs = _records(outs["torch"]), _records(outs["onnx"])
+    assert read_json(outs["onnx"] / "summary.json")["backend"] == "onnx"
+    assert sorted(torch_recs) == sorted(onnx_recs)
+    for name, a in torch_recs.items():
+        b = onnx_recs[name]
+        assert a["label"] == b["label"] and max(abs(a["probs"][c] - b["probs"][c]) for c in a["probs"]) < 1e-3
+        assert abs(a["anomaly"]["score"] - b["anomaly"]["score"]) < 1e-6  # PatchCore runs in PyTorch for both
