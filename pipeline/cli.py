@@ -344,14 +344,14 @@ ModelFile = Optional[Path]
 
 
 def _input_paths(sources: list[str]) -> list[tuple[str, Path]]:
-    """What a predict output must not overlap: each source, or for a glob the folder its pattern starts in."""
-    out = []
-    for s in sources:
-        p = Path(s)
-        while any(ch in str(p) for ch in "*?[") and p != p.parent:
-            p = p.parent
-        out.append(("the input images", p))
-    return out
+    """What a predict output must not overlap, from the sources as expanded: each folder searched recursively
+    for images (an output inside one would be read back as input by the next run over it) and each input image
+    (no output may hold one). Not a pattern's literal root: ``pipe predict bottle '*.png'`` from a project reads
+    the PNGs there, and its default output under ``runs/`` holds none of them."""
+    from pipeline.predict.sources import expand, walked
+
+    images, _ = expand(sources)
+    return [*(("the input folder", f) for f in walked(sources)), *(("the input image", p) for p in images)]
 
 
 @app.command()
@@ -360,8 +360,10 @@ def predict(
     sources: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively for PNG, JPEG, "
                                                       "BMP and TIFF) or glob patterns (quote them).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<category>/predict/<name>); "
-                                                     "a previous `pipe predict` result there is replaced.")] = None,
-    name: Annotated[str, typer.Option(help="Name of the run under runs/<category>/predict/.")] = "predict",
+                                                     "a previous `pipe predict` result there is replaced, if it "
+                                                     "holds nothing but what that run wrote.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name of the run under runs/<category>/predict/ (default: "
+                                                     "the first free of predict, predict2, predict3, ...).")] = None,
     detector: Annotated[ModelFile, typer.Option(help="YOLO-World checkpoint (default: the yolo stage's best.pt).")] = None,
     segmenter: Annotated[ModelFile, typer.Option(help="SAM decoder (default: the sam stage's decoder.pt; with "
                                                       "--backend onnx an exported sam_decoder.onnx, its encoder beside "
@@ -380,6 +382,11 @@ def predict(
                                                      "into overlays/.")] = False,
     save_masks: Annotated[bool, typer.Option(help="One binary PNG per image in masks/ (0/255, <name>_mask.png), "
                                                   "as MVTec's ground truth.")] = False,
+    save_maps: Annotated[bool, typer.Option(help="The good-only detector's anomaly map per image in maps/ (float16 "
+                                                 ".npy at the image's size; its path in the JSON line).")] = False,
+    coco_gt: Annotated[Optional[Path], typer.Option("--coco-gt", help="A COCO ground truth (e.g. <dataset>/coco/"
+                                                    "annotations/instances_test.json): results use its image ids "
+                                                    "(matched by file name) and category ids.")] = None,
     device: Device = None,
     dataset: DatasetOpt = None,
     config: ConfigFiles = None,
@@ -391,17 +398,24 @@ def predict(
     from pipeline.device import select_device
     from pipeline.outputs import check_output, locked
     from pipeline.predict.models import load_anomaly, load_trained
-    from pipeline.predict.run import PredictOptions, categories, failure_line, run_predict
+    from pipeline.predict.run import (PredictOptions, categories, check_replaceable, failure_line, read_coco_gt,
+                                      run_predict)
     from pipeline.runner import protected
-    from pipeline.workspace import ExportFiles, Workspace
+    from pipeline.workspace import ExportFiles, Workspace, check_run_name
 
     cfg = _config(category, config, profile, set_, device=device, **{
         "predict.conf": conf, "predict.iou": iou, "predict.mask_threshold": mask_threshold, "predict.batch": batch,
         "predict.backend": backend})
     p = cfg.predict
     ws = Workspace.from_config(cfg, {"dataset": dataset})
-    target = out or ws.predict(name).folder
+    # a default name is a new folder every run; a folder named explicitly is replaced only if it holds nothing
+    # but what its predict run wrote
+    if name is not None:
+        check_run_name(name)  # refused even beside --out: a name like ../x is a mistake either way
+    target = out or (ws.predict(name) if name is not None else ws.new_predict()).folder
     check_output(target, "predict", [*protected(ws), *_input_paths(sources)])
+    check_replaceable(target)
+    gt = read_coco_gt(coco_gt) if coco_gt is not None else None
     dev = select_device(cfg.device)
     files = {"detector": detector, "segmenter": segmenter, "classifier": classifier, "anomaly": anomaly}
     if p.backend == "onnx":
@@ -415,11 +429,18 @@ def predict(
             models.anomaly = load_anomaly(ws, cfg, dev, anomaly)
     else:
         models = load_trained(ws, cfg, dev, files, mask_threshold=p.mask_threshold)
-    o = PredictOptions(p.box_conf(cfg), p.nms_iou(cfg), p.batch, save_overlays, save_masks, p.backend)
+    if save_maps and models.anomaly is None:
+        info(f"--save-maps: no anomaly model (`pipe anomaly {category}` has not run), so no maps are written")
+    o = PredictOptions(p.box_conf(cfg), p.nms_iou(cfg), p.batch, save_overlays, save_masks, p.backend, save_maps)
     meta = {"category": category, "device": dev, "models": models.files()}
+    names = models.detector.names if models.detector else []
     with locked(target, "predict"):
-        summary = run_predict(models, sources, target, o, categories(models.detector.names if models.detector else
-                                                                     [], ws.dataset.coco.annotations("test")), meta)
+        if out is None and name is None and target.exists():  # a run started alongside took the same new name
+            raise PipeError(f"{target}: another `pipe predict` run wrote this new folder meanwhile; run again "
+                            f"(the next free name is taken then)")
+        check_replaceable(target)  # again under the lock: another run may have finished there meanwhile
+        summary = run_predict(models, sources, target, o, categories(names, ws.dataset.coco.annotations("test")),
+                              meta, gt)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in summary["ms_per_image"].items())
     info(f"{summary['images']} images in {summary['wall_s']:.1f} s ({summary['images_per_s'] or 0:.2f}/s; ms per "
          f"image: {parts}) -> {target}")

@@ -2,8 +2,9 @@
 
 - Masks: pycocotools' run-length encoding (RLE) and polygons, so that what ``pipe convert`` writes, what the
   SAM stage decodes and what ``COCOeval`` scores are read by one implementation.
-- Boxes: COCO ``[x, y, w, h]`` and ``[x1, y1, x2, y2]`` through ``torchvision.ops.box_convert``. torch is
-  imported inside those functions only: ``pipe convert`` imports this module and must not load torch.
+- Boxes: COCO ``[x, y, w, h]`` and ``[x1, y1, x2, y2]`` through ``torchvision.ops.box_convert``, and their IoU
+  through ``torchvision.ops.box_iou``. torch is imported inside those functions only: ``pipe convert`` imports
+  this module and must not load torch.
 - Overlap: IoU and Dice of boolean masks, numpy arrays or torch tensors alike. Two empty masks score 1
   (a correct rejection), not 0/0.
 """
@@ -31,9 +32,12 @@ def encode(mask: np.ndarray) -> Rle:
     return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
 
 
-def to_json(rle: Rle) -> dict[str, Any]:
-    """An RLE as COCO files hold it: ``counts`` as an ASCII string rather than bytes."""
-    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+def to_json(rle: Rle | dict[str, Any]) -> dict[str, Any]:
+    """An RLE as COCO files hold it: ``counts`` as an ASCII string rather than bytes, ``size`` as plain ints.
+    One already in that form (read back from a file) comes out equal."""
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
 def from_runs(runs: list[int], height: int, width: int) -> Rle:
@@ -96,6 +100,20 @@ def xyxy_to_xywh(boxes: Any, decimals: int = 2) -> list[list[float]]:
     b = (boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else torch.as_tensor(np.asarray(boxes)))
     xywh = box_convert(b.to(torch.float64).reshape(-1, 4), "xyxy", "xywh")
     return [[round(v, decimals) for v in row] for row in xywh.tolist()]
+
+
+def box_iou(a: Any, b: Any) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of two sets of ``[x1, y1, x2, y2]`` boxes (``torchvision.ops.box_iou``), as
+    float64. Two boxes without area (a union of 0, where torchvision divides 0 by 0) score 1 when they are the
+    same box and 0 otherwise."""
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    ta = torch.as_tensor(np.asarray(a, dtype=np.float64)).reshape(-1, 4)
+    tb = torch.as_tensor(np.asarray(b, dtype=np.float64)).reshape(-1, 4)
+    ious = tv_box_iou(ta, tb)
+    same = (ta[:, None, :] == tb[None, :, :]).all(dim=2).to(ious.dtype)
+    return torch.where(torch.isnan(ious), same, ious).numpy()
 
 
 # --- overlap ----------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.errors import PipeError
+
 if TYPE_CHECKING:
     from pipeline.config import Config
 
@@ -301,7 +303,14 @@ class PredictFiles:
         return self.folder / "masks"
 
     @property
+    def maps(self) -> Path:
+        """One anomaly map per image (``<name>.npy``, float16 at the image's size), with ``--save-maps``."""
+        return self.folder / "maps"
+
+    @property
     def summary(self) -> Path:
+        """The run's settings, timings and failures, and every file it wrote (``written``): what a later run
+        given this folder may replace."""
         return self.folder / "summary.json"
 
 
@@ -346,6 +355,10 @@ class ReportFiles:
     @property
     def pr_curve(self) -> Path:
         return self.figures / "pr_curve.png"
+
+    def curves(self, stage: str) -> Path:
+        """A training stage's curves (loss and val metric per epoch)."""
+        return self.figures / f"curves_{stage}.png"
 
 
 @dataclass(frozen=True)
@@ -514,12 +527,32 @@ class Workspace:
         return ReportFiles(self.folder("report"))
 
     def predict(self, name: str) -> PredictFiles:
-        """A named ``pipe predict`` run: ``runs/<category>/predict/<name>``."""
-        return PredictFiles(self.runs / "predict" / name)
+        """A named ``pipe predict`` run: ``runs/<category>/predict/<name>``. ``name`` is one path component
+        (``check_run_name``), so a run cannot land outside ``runs/<category>/predict/``."""
+        return PredictFiles(self.runs / "predict" / check_run_name(name))
+
+    def new_predict(self, name: str = "predict") -> PredictFiles:
+        """The first ``pipe predict`` folder not taken yet: ``<name>``, ``<name>2``, ``<name>3``, ... (as
+        ultralytics numbers its runs), so a run never replaces an earlier one unasked."""
+        n = 1
+        while True:
+            files = self.predict(name if n == 1 else f"{name}{n}")
+            if not os.path.lexists(files.folder):
+                return files
+            n += 1
 
     @property
     def export(self) -> ExportFiles:
         return ExportFiles(self.folders.get("export") or self.runs / "export")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` when it is a single folder name (not empty, ``.``, ``..``, absolute or holding a separator), else
+    a one-line ``PipeError``."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise PipeError(f"--name {name!r}: a run name is one folder name (no '/', not '.' or '..'), e.g. "
+                         f"predict or batch-2024; use --out for another place")
+    return name
 
 
 @contextlib.contextmanager

@@ -10,16 +10,20 @@ import cv2
 import numpy as np
 import pytest
 
+import torch
+
 from conftest import trained_config
-from pipeline.coco import batch_iou, xywh_to_xyxy
+from pipeline.coco import batch_iou, box_iou, xywh_to_xyxy
 from pipeline.data.images import read_image
 from pipeline.errors import PipeError
 from pipeline.export.modules import ClassifierProbs
-from pipeline.export.run import ExportError, Tolerances, box_iou, run_export
-from pipeline.export.runtime import OnnxClassifier, OnnxDetector, OnnxSegmenter, load_exported, read_meta
+from pipeline.export.run import (ExportError, Outputs, Sample, Tolerances, _prompts, compare, export_task, pick,
+                                 run_export, sample_images)
+from pipeline.export.runtime import META_KEY, OnnxClassifier, OnnxDetector, OnnxSegmenter, load_exported, read_meta
 from pipeline.fetch import file_digest
-from pipeline.predict.models import load_trained
-from pipeline.workspace import Workspace
+from pipeline.io import write_json
+from pipeline.predict.models import ModelError, load_trained
+from pipeline.workspace import ExportFiles, Workspace
 
 PARTS = ("detector", "sam_encoder", "sam_decoder", "classifier")
 # the untrained tiny detector scores every box about 5e-5: a tolerance below that still compares them all
@@ -169,3 +173,117 @@ def test_missing_or_stale_export_is_one_line(setup, tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.fetch.file_digest", lambda path, algorithm="sha256": "0" * 64)
     with pytest.raises(PipeError, match="retrained since.*`pipe export bottle --format onnx`"):
         load_exported(ws, cfg)
+
+
+# --- what a check must compare --------------------------------------------------------------------------------
+
+
+def test_box_iou_is_torchvisions_with_empty_boxes_defined():
+    ious = box_iou([[0, 0, 10, 10], [5, 5, 5, 5]], [[0, 0, 10, 20], [5, 5, 5, 5], [1, 1, 1, 1]])
+    assert np.allclose(ious, [[0.5, 0, 0], [0, 1, 0]])
+    assert box_iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)
+
+
+def test_sample_takes_defective_images_first_across_classes():
+    by_label = {"good": ["g1", "g2", "g3"], "zipper_bent": ["z1", "z2"], "squeezed": ["s1"]}
+    assert pick(by_label, 3) == ["s1", "z1", "g1"]
+    assert pick(by_label, 5) == ["s1", "z1", "g1", "z2", "g2"]
+    assert pick(by_label, 10) == ["s1", "z1", "g1", "z2", "g2", "g3"]
+    assert pick({"good": ["g1"]}, 4) == ["g1"]
+
+
+def test_sample_images_of_a_category_whose_defects_sort_after_good(tmp_path):
+    """The first images in file order were all good here: nothing for the detector or SAM to be compared on."""
+    dataset = tmp_path / "dataset"
+    ws = Workspace.from_config(trained_config(tmp_path), {"dataset": dataset})
+    folder = ws.dataset.coco.images("test")
+    folder.mkdir(parents=True)
+    images, annotations = [], []
+    for i, rel in enumerate(["test/good/000.png", "test/good/001.png", "test/good/002.png", "test/good/003.png",
+                             "test/scratch/000.png", "test/squeeze/000.png"], 1):
+        name = rel.replace("/", "_")
+        cv2.imwrite(str(folder / name), np.full((16, 16, 3), i, np.uint8))
+        images.append({"id": i, "file_name": name, "width": 16, "height": 16, "source": rel})
+        if "good" not in rel:
+            annotations.append({"id": i, "image_id": i, "category_id": 1, "bbox": [2, 3, 4, 5]})
+    write_json(ws.dataset.coco.annotations("test"), {"images": images, "annotations": annotations,
+                                                     "categories": [{"id": 1, "name": "scratch"}]})
+    sample = sample_images(ws, "bottle", 3)
+    assert sample.labels == ["scratch", "squeeze", "good"]
+    assert [len(t) for t in sample.truth] == [1, 1, 0] and sample.truth[0].tolist() == [[2, 3, 6, 8]]
+
+
+def test_sam_is_prompted_even_without_any_box():
+    sample = Sample(["a", "b"], [np.zeros((10, 20, 3), np.uint8), np.zeros((7, 5), np.uint8)],
+                    [np.zeros((0, 4), np.float32)] * 2, ["good", "good"])
+    prompts = _prompts([[], []], sample, 0.5)
+    assert [p.tolist() for p in prompts] == [[[0, 0, 20, 10]], [[0, 0, 5, 7]]]
+    truth = Sample(sample.names, sample.images, [np.float32([[1, 2, 3, 4]]), np.zeros((0, 4), np.float32)])
+    assert [len(p) for p in _prompts(None, truth, 0.5)] == [1, 0]  # a true box: no whole-frame prompt added
+
+
+def test_a_check_that_compared_nothing_fails_unless_both_agree_there_is_nothing():
+    tol = Tolerances()
+    none = Outputs(detections=[[], []])
+    boxes = compare("detector", none, Outputs(detections=[[], []]), 0.5, tol)["detector"]["boxes"]
+    assert boxes["passed"] and boxes["compared"] == 0 and not boxes["verified"] and "agree" in boxes["note"]
+    one = Outputs(detections=[[{"bbox": [1, 1, 5, 5], "class": 0, "score": 0.9}], []])
+    boxes = compare("detector", none, one, 0.5, tol)["detector"]["boxes"]
+    assert not boxes["passed"] and boxes["compared"] == 1 and boxes["worst"] == 0.0  # found on one side only
+
+    empty = Outputs(masks=[np.zeros((0, 4, 4), bool)], embeddings=[np.zeros((1, 2, 2, 2), np.float32)])
+    masks = compare("segmenter", empty, empty, 0.5, tol)["sam_decoder"]["masks"]
+    assert not masks["passed"] and masks["compared"] == 0 and not masks["verified"] and "not verified" in masks["note"]
+    full = Outputs(masks=[np.ones((1, 4, 4), bool)], embeddings=[np.zeros((1, 2, 2, 2), np.float32)])
+    masks = compare("segmenter", full, full, 0.5, tol)["sam_decoder"]["masks"]
+    assert masks["passed"] and masks["verified"] and masks["compared"] == 1
+
+
+# --- the files' class lists -----------------------------------------------------------------------------------
+
+
+def _set_meta(path: Path, **changes) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == META_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), **changes}, sort_keys=True)
+    onnx.save(model, str(path))
+
+
+def test_exported_files_of_other_classes_are_refused_without_any_runs(setup, tmp_path):
+    """Where the files are shipped there is no runs/ to compare digests with: the class lists are still checked."""
+    cfg, ws, _, _ = setup
+    shipped = Workspace.from_config(cfg, {"dataset": ws.dataset.root, "export": tmp_path / "export",
+                                          "yolo": tmp_path / "none", "sam": tmp_path / "none",
+                                          "classify": tmp_path / "none"})
+    shipped.export.folder.mkdir()
+    for part in ("detector", "classifier"):
+        shutil.copy(ws.export.part(part, "onnx"), shipped.export.part(part, "onnx"))
+    ok = load_exported(shipped, cfg, tasks=("detector", "classifier"))
+    assert ok.detector.names == ["broken_large", "broken_small", "contamination"]
+
+    _set_meta(shipped.export.part("detector", "onnx"), names=["contamination", "broken_large", "broken_small"])
+    with pytest.raises(ModelError, match=r"trained for classes \['contamination', 'broken_large'") as err:
+        load_exported(shipped, cfg, tasks=("detector",))
+    assert "\n" not in str(err.value) and "pipe export bottle --format onnx" in str(err.value)
+    _set_meta(shipped.export.part("classifier", "onnx"), classes=["good", "scratch"])
+    with pytest.raises(ModelError, match=r"trained for classes \['good', 'scratch'\]"):
+        load_exported(shipped, cfg, tasks=("classifier",))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tracing on a CUDA model needs CUDA")
+def test_sam_exported_from_a_cuda_model_runs_on_the_cpu(trained_runs, converted_dataset, tmp_path):
+    """segment-anything's ``get_dense_pe`` makes its grid on the model's device: traced there, a TorchScript file
+    ran only on CUDA. The export traces a CPU copy; the model itself stays on CUDA."""
+    cfg = trained_config(trained_runs)
+    ws = Workspace.from_config(cfg, {"dataset": converted_dataset})
+    seg = load_trained(ws, cfg, "cuda", tasks=("detector", "segmenter")).segmenter
+    encoder, decoder = export_task("segmenter", seg, "torchscript", ExportFiles(tmp_path), "bottle")
+    assert next(seg.predictor.model.parameters()).device.type == "cuda"
+    cpu = OnnxSegmenter.open(encoder, decoder, "cpu")
+    image = read_image(next(ws.dataset.coco.images("test").iterdir()))
+    cpu.set_image(image)
+    masks, scores = cpu.segment(np.float32([[2, 2, 30, 30]]))
+    assert masks.shape == (1, *image.shape[:2]) and scores.shape == (1,)

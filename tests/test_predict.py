@@ -18,7 +18,7 @@ from conftest import TRAINED_SETS, trained_config
 from pipeline.cli import app
 from pipeline.coco import decode
 from pipeline.io import read_json, write_json
-from pipeline.predict.models import ModelError, load_trained
+from pipeline.predict.models import ModelError, NotTrained, load_trained
 from pipeline.predict.run import PredictOptions, categories, run_predict
 from pipeline.workspace import Workspace
 
@@ -131,7 +131,7 @@ def test_cli_any_image_and_bad_input(trained_runs, converted_dataset, tmp_path):
 def test_untrained_stage_names_the_command(converted_dataset, tmp_path):
     cfg = trained_config(tmp_path)  # no runs at all
     ws = Workspace.from_config(cfg, {"dataset": converted_dataset})
-    with pytest.raises(ModelError, match=r"run `pipe finetune yolo bottle` first"):
+    with pytest.raises(NotTrained, match=r"run `pipe finetune yolo bottle` first"):
         load_trained(ws, cfg, "cpu")
     with pytest.raises(ModelError, match=r"run `pipe classify bottle` first"):
         load_trained(ws, cfg, "cpu", tasks=("classifier",))
@@ -186,3 +186,85 @@ def test_cli_export_then_predict_with_onnx(trained_runs, converted_dataset, tmp_
         b = onnx_recs[name]
         assert a["label"] == b["label"] and max(abs(a["probs"][c] - b["probs"][c]) for c in a["probs"]) < 1e-3
         assert abs(a["anomaly"]["score"] - b["anomaly"]["score"]) < 1e-6  # PatchCore runs in PyTorch for both
+
+
+def test_cli_coco_gt_ids_and_anomaly_maps(trained_runs, converted_dataset, tmp_path):
+    """With --coco-gt the results carry the ground truth's image and category ids (matched by file name), so
+    ``COCO(gt).loadRes`` and ``COCOeval`` take them as they are; an image the ground truth lacks is left out of
+    them (still predicted). --save-maps writes each image's anomaly map at its size."""
+    from pycocotools.cocoeval import COCOeval
+
+    test_images = converted_dataset / "coco" / "images" / "test"
+    extra = tmp_path / "extra" / "not_in_gt.png"
+    extra.parent.mkdir()
+    shutil.copy(next((converted_dataset / "coco" / "images" / "train").iterdir()), extra)
+    gt_file = converted_dataset / "coco" / "annotations" / "instances_test.json"
+    out = tmp_path / "pred"
+    r = _cli(trained_runs, converted_dataset, str(test_images), str(extra), "--out", str(out), "--coco-gt",
+             str(gt_file), "--save-maps")
+    assert r.exit_code == 0, r.output
+    records = _records(out)
+    assert "not_in_gt.png" in records
+    summary = read_json(out / "summary.json")
+    assert summary["not_in_coco_gt"] == [str(extra)] and summary["coco_gt"] == str(gt_file)
+    assert not (out / "coco_images.json").exists()
+
+    gt = COCO(str(gt_file))
+    id_of = {im["file_name"]: im["id"] for im in gt.dataset["images"]}
+    results = read_json(out / "coco_results.json")
+    expected = sorted((id_of[name], b["score"]) for name, rec in records.items() if name in id_of
+                      for b in rec["boxes"])
+    assert sorted((x["image_id"], x["score"]) for x in results) == expected and expected
+    cat_id = {c["name"]: c["id"] for c in gt.dataset["categories"]}
+    assert {x["category_id"] for x in results} <= set(cat_id.values())
+    for iou_type in ("bbox", "segm"):
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        assert ev.stats[0] >= 0  # scored against the ground truth's images (-1 would mean nothing matched)
+
+    for rec in records.values():
+        stored = np.load(rec["anomaly"]["map"])
+        assert stored.dtype == np.float16 and stored.shape == (rec["height"], rec["width"])
+    assert len(list((out / "maps").iterdir())) == len(records)
+
+
+def test_model_settings_come_from_the_training_run(trained_runs, converted_dataset):
+    """A config edited after training does not change what the models run with: the detector's image size and
+    SAM's autocast are the ones their runs recorded."""
+    base = trained_config(trained_runs)
+    ws = Workspace.from_config(base, {"dataset": converted_dataset})
+    trained_imgsz = read_json(ws.yolo.metrics)["config"]["yolo"]["imgsz"]
+    trained_amp = read_json(ws.sam.metrics)["config"]["sam"]["amp"]
+    cfg = trained_config(trained_runs, f"yolo.imgsz={trained_imgsz + 32}", f"sam.amp={str(not trained_amp).lower()}")
+    models = load_trained(ws, cfg, "cpu", tasks=("detector", "segmenter"))
+    assert models.detector.imgsz == trained_imgsz and models.segmenter.predictor.amp == trained_amp
+
+
+def test_damaged_model_files_are_one_line_errors(trained_runs, converted_dataset, tmp_path):
+    """A damaged file is a ModelError naming it, never a traceback, and never skipped as "not trained"."""
+    cfg = trained_config(trained_runs)
+    ws = Workspace.from_config(cfg, {"dataset": converted_dataset})
+    yolo = tmp_path / "yolo"
+    (yolo / "data").mkdir(parents=True)
+    for f in (ws.yolo.best, ws.yolo.metrics):
+        shutil.copy(f, yolo / f.name)
+    torch.save({"feats": torch.zeros(3, 8)}, yolo / "data" / "class_embeddings.pt")  # no "names"
+    damaged = Workspace.from_config(cfg, {"dataset": converted_dataset, "yolo": yolo})
+    for files in ({"detector": yolo / "best.pt"}, {}):  # named, or found where the stage wrote it
+        with pytest.raises(ModelError) as err:
+            load_trained(damaged, cfg, "cpu", files, tasks=("detector", "classifier"))
+        assert not isinstance(err.value, NotTrained) and "\n" not in str(err.value)
+        assert "class_embeddings.pt" in str(err.value) and "pipe finetune yolo bottle" in str(err.value)
+
+    attempt = read_json(ws.classify.metrics)["summary"]["best"]
+    classify = tmp_path / "classify"
+    (classify / attempt).mkdir(parents=True)
+    shutil.copy(ws.classify.metrics, classify / "metrics.json")
+    ckpt = torch.load(ws.classify.best(attempt), weights_only=False)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    torch.save(ckpt, classify / attempt / "best.pt")
+    with pytest.raises(ModelError, match="do not fit") as err:
+        load_trained(ws, cfg, "cpu", {"classifier": classify / attempt / "best.pt"}, tasks=("classifier",))
+    assert "\n" not in str(err.value) and str(classify / attempt / "best.pt") in str(err.value)

@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import torch
+
 from pipeline.coco import encode, to_json
-from pipeline.errors import DataError
+from pipeline.data.images import read_image, unsquare
+from pipeline.errors import DataError, PipeError
 from pipeline.predict import sources, writers
+from pipeline.predict.models import AnomalyModel, Trained
+from pipeline.predict.run import CocoGt, PredictOptions, Timer, check_replaceable, predict_batch, run_predict
 from pipeline.predict.sources import Failure, expand, output_names, read
+from pipeline.workspace import Workspace
 
 
 def gradient(h: int, w: int) -> np.ndarray:
@@ -124,6 +130,35 @@ def test_read_rejects_garbage(tmp_path, content):
     with pytest.raises(DataError) as exc:
         read(path)
     one_line_naming(exc, path)
+
+
+def test_float_tiff_with_nan_and_inf_is_read_as_training_reads_it(tmp_path):
+    """NaN made ``int(image.max())`` raise, which ended the whole predict run; now NaN and -inf read as 0, +inf as
+    the largest finite value, identically for ``pipe predict`` and the stages' ``read_image``."""
+    deep = np.linspace(0, 300, 12 * 10, dtype=np.float32).reshape(12, 10)
+    deep[0, 0], deep[0, 1], deep[1, 0] = np.nan, np.inf, -np.inf
+    path = tmp_path / "nan.tif"
+    assert cv2.imwrite(str(path), deep)
+    got = read(path)
+    assert got.dtype == np.uint8 and got.shape == (12, 10)
+    assert got[0, 0] == 0 and got[1, 0] == 0 and got[0, 1] == 255 and got[-1, -1] == 255
+    assert np.array_equal(got, read_image(path))
+    everything_nan = tmp_path / "allnan.tif"
+    assert cv2.imwrite(str(everything_nan), np.full((4, 5), np.nan, np.float32))
+    assert not read(everything_nan).any()
+
+
+def test_a_conversion_error_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), gradient(8, 8))
+
+    def broken(image):
+        raise ValueError("cannot convert\nthis")
+
+    monkeypatch.setattr(sources, "to_uint8", broken)
+    with pytest.raises(DataError) as exc:
+        read(path)
+    assert "8 bits" in one_line_naming(exc, path)
 
 
 def test_read_missing(tmp_path):
@@ -379,3 +414,152 @@ def test_overlay_of_colour_image_without_any_model(tmp_path):
     small_map = np.ones((10, 7), np.float32)  # a map at another size is resized to the image's
     assert cv2.imread(str(writers.write_overlay(tmp_path / "d.png", image, {"width": 21, "height": 33},
                                                 small_map))).shape == (33, 42, 3)
+
+
+def test_anomaly_map_file(tmp_path):
+    heat = np.linspace(0, 5, 33 * 21, dtype=np.float32).reshape(33, 21)
+    assert writers.map_name("test_good_000.png") == "test_good_000.npy"
+    path = writers.write_map(tmp_path / "maps" / "a.npy", heat)
+    back = np.load(path)
+    assert back.dtype == np.float16 and back.shape == (33, 21) and np.allclose(back, heat, rtol=1e-3)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy"]
+
+
+# --- running on fake models (no training): anomaly region, maps, failures, replacing a run ----------------
+
+
+class ConstantPatchCore(torch.nn.Module):
+    """A PatchCore stand-in: every image scores 0.5 and its (imgsz, imgsz) map is ``value`` everywhere."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, size, _ = x.shape
+        return torch.full((n,), 0.5), torch.full((n, size, size), self.value, dtype=torch.float32)
+
+
+class FakeClassifier:
+    classes = ["good", "broken_large"]
+    attempt = "A"
+    file = Path("fake-classifier.pt")
+
+    def probs(self, images: list[np.ndarray]) -> np.ndarray:
+        return np.tile(np.float32([0.25, 0.75]), (len(images), 1))
+
+
+def anomaly_model(value: float, pixel_threshold: float, imgsz: int = 8) -> AnomalyModel:
+    return AnomalyModel(ConstantPatchCore(value), imgsz, 0.4, pixel_threshold, "cpu", Path("fake-patchcore.pt"))
+
+
+def test_anomaly_region_is_the_stages_float64_comparison():
+    """A threshold just above a map value in float64 but equal to it in float32: the stage (``full_size_scores``)
+    flags nothing there; comparing the float32 map with the Python float (NEP 50: in float32) flagged it all."""
+    value = np.float32(0.3)
+    threshold = float(value) + 1e-12
+    assert np.float32(threshold) == value  # the two comparisons really disagree here
+    model = anomaly_model(float(value), threshold)
+    image = np.zeros((8, 8, 3), np.uint8)
+    _, (amap,) = model.score([image])
+    stage = unsquare(np.full((8, 8), value, np.float32), 8, 8).astype(np.float64) >= threshold
+    assert np.array_equal(model.region(amap), stage) and not stage.any() and (amap >= threshold).all()
+    (record,) = predict_batch(Trained(anomaly=model), [image], PredictOptions(0.1, 0.5), Timer())
+    assert record["anomaly"]["area"] == 0
+    # and each map is the stage's unsquare of the model's square map, at the image's own size
+    _, (wide,) = anomaly_model(1.5, 1.0).score([np.zeros((20, 30), np.uint8)])
+    assert wide.shape == (20, 30) and np.array_equal(wide, unsquare(np.full((8, 8), 1.5, np.float32), 20, 30))
+
+
+def _inputs(folder: Path) -> Path:
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), gradient(20, 30))
+    cv2.imwrite(str(folder / "b.png"), gradient(16, 16)[..., 0])
+    nan = np.full((10, 12), 7.0, np.float32)
+    nan[2, 3] = np.nan
+    cv2.imwrite(str(folder / "c.tif"), nan)
+    return folder
+
+
+def test_fake_run_writes_maps_and_survives_a_nan_image_and_lists_its_files(tmp_path):
+    folder = _inputs(tmp_path / "in")
+    models = Trained(classifier=FakeClassifier(), anomaly=anomaly_model(2.0, 1.0))
+    o = PredictOptions(0.1, 0.5, batch=2, save_overlays=True, save_masks=True, save_maps=True)
+    out = tmp_path / "out"
+    summary = run_predict(models, [folder], out, o, [], {})
+    assert summary["images"] == 3 and summary["failed"] == []  # the NaN TIFF is one more image, not the end
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    for rec in lines:
+        stored = np.load(rec["anomaly"]["map"])
+        assert stored.dtype == np.float16 and stored.shape == (rec["height"], rec["width"])
+        assert Path(rec["anomaly"]["map"]).parent == out / "maps" and np.all(stored == 2.0)
+    assert summary["files"]["maps"] == str(out / "maps")
+    assert sorted(summary["written"]) == sorted(
+        ["predictions.jsonl", "coco_results.json", "coco_images.json", "maps/a.npy", "maps/b.npy", "maps/c.npy",
+         "overlays/a.png", "overlays/b.png", "overlays/c.tif.png", "masks/a_mask.png", "masks/b_mask.png",
+         "masks/c_mask.png"])
+
+
+def test_a_predict_folder_is_replaced_only_when_it_holds_nothing_else(tmp_path):
+    folder = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    o = PredictOptions(0.1, 0.5, save_overlays=True)
+    run_predict(Trained(classifier=FakeClassifier()), [folder], out, o, [], {})
+    check_replaceable(out)  # only what that run wrote: may be replaced
+    check_replaceable(tmp_path / "not-there")
+    for extra in (out / "notes.txt", out / "overlays" / "mine.png", out / "masks" / "hand-labelled.png"):
+        extra.parent.mkdir(exist_ok=True)
+        extra.write_text("the user's")
+        with pytest.raises(PipeError) as exc:
+            check_replaceable(out)
+        assert str(extra) in str(exc.value) and "\n" not in str(exc.value)
+        extra.unlink()
+    (out / "masks").rmdir()  # an empty folder the run did not make is the user's too
+    check_replaceable(out)
+    (out / "empty").mkdir()
+    with pytest.raises(PipeError, match="empty"):
+        check_replaceable(out)
+
+
+def test_default_predict_names_increment_and_a_name_is_one_folder(tmp_path):
+    ws = Workspace("bottle", tmp_path / "runs", tmp_path / "datasets", tmp_path / "weights", tmp_path / "mvtec",
+                   tmp_path / "synthetic")
+    first = ws.new_predict().folder
+    assert first == tmp_path / "runs" / "bottle" / "predict" / "predict"
+    first.mkdir(parents=True)
+    (first.parent / "predict3").mkdir()
+    assert ws.new_predict().folder.name == "predict2"  # the first free one, as ultralytics numbers them
+    assert ws.predict("batch-7").folder == first.parent / "batch-7"
+    for bad in ("../x", "a/b", "/abs", "", ".", ".."):
+        with pytest.raises(PipeError, match="one folder name"):
+            ws.predict(bad)
+
+
+def test_predict_output_overlap_is_checked_on_the_expanded_inputs(tmp_path, monkeypatch):
+    """``pipe predict bottle '*.png'`` from a project root writes to runs/... there; an output inside a folder read
+    recursively, or holding an input image, is still refused."""
+    from pipeline.cli import _input_paths
+    from pipeline.outputs import check_output
+
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite("a.png", gradient(8, 8))
+    Path("imgs").mkdir()
+    cv2.imwrite("imgs/b.png", gradient(8, 8))
+    check_output(Path("runs/bottle/predict/predict"), "predict", _input_paths(["*.png"]))
+    for source in ("imgs", "im*", "."):
+        with pytest.raises(PipeError, match="lies inside the input folder"):
+            check_output(Path("imgs/out"), "predict", _input_paths([source]))
+    with pytest.raises(PipeError, match="contains the input image"):
+        check_output(Path("imgs"), "predict", _input_paths(["imgs/b.png"]))
+
+
+def test_coco_gt_matches_by_file_name_then_by_path():
+    from pathlib import PurePosixPath
+
+    gt = CocoGt(Path("gt.json"), [], {"000.png": [(PurePosixPath("good/000.png"), 1),
+                                                  (PurePosixPath("crack/000.png"), 2)],
+                                      "test_crack_001.png": [(PurePosixPath("test_crack_001.png"), 7)]})
+    assert gt.image_id(Path("/data/x/test_crack_001.png")) == 7
+    assert gt.image_id(Path("/data/bottle/test/crack/000.png")) == 2
+    assert gt.image_id(Path("/data/elsewhere/000.png")) is None  # two candidates, neither path matches
+    assert gt.image_id(Path("/data/other.png")) is None

@@ -93,16 +93,41 @@ def probe(path: Path) -> ImageInfo:
     return info
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A decoded image (``cv2.IMREAD_UNCHANGED``) as 8-bit BGR (H, W, 3) or greyscale (H, W): the one conversion
+    the training images (``read_image``) and ``pipe predict``'s inputs (``predict.sources.read``) both go
+    through, so a model sees a deep image the same way in training and in use.
+
+    Deeper images are scaled by their largest finite value (absolute values, as ``cv2.convertScaleAbs``). A float
+    image (TIFF) may hold NaN or infinities, where ``max`` would be NaN and the scale meaningless: NaN and -inf
+    count as 0, +inf as the largest finite value. Alpha is dropped; grey + alpha and single-channel (H, W, 1)
+    arrays become (H, W)."""
+    if image.dtype != np.uint8:
+        if image.dtype.kind == "f":
+            image = image.astype(np.float32) if image.dtype.itemsize < 4 else image  # float16: OpenCV has no scaling
+            finite = np.isfinite(image)
+            top = float(np.abs(image[finite]).max()) if finite.any() else 0.0
+            image = np.nan_to_num(image, nan=0.0, posinf=top, neginf=0.0)  # a copy: the caller's array is kept
+        else:
+            top = max(int(image.max()), -int(image.min())) if image.size else 0
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(top)))
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif image.ndim == 3 and image.shape[2] in (1, 2):  # grey (+ alpha, where a decoder keeps it so)
+        image = np.ascontiguousarray(image[..., 0])
+    return image
+
+
 def read_image(path: Path) -> np.ndarray:
-    """HxWx3 BGR uint8 for colour images, HxW uint8 for greyscale (OpenCV's conventions)."""
+    """HxWx3 BGR uint8 for colour images, HxW uint8 for greyscale (OpenCV's conventions; ``to_uint8``)."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(f"{path}: cannot decode image; re-extract or re-download it")
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1, int(img.max())))
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return img
+    try:
+        return to_uint8(img)
+    except (cv2.error, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: cannot convert the decoded {img.dtype} image to 8 bits "
+                        f"({' '.join(str(exc).split())}); re-extract or re-download it") from None
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -9,17 +9,29 @@ Nothing ships unverified: every file is written to a staging folder, run through
 inputs. Only when every check passes do the files replace those in the export folder; otherwise they are kept
 in ``rejected/`` for inspection, and the command fails naming ``export_report.json``, which holds every
 measured value either way.
+
+A check must compare something to pass. The sample takes defective images first, one class after another, so
+SAM is always compared on their true boxes (and on the detector's); a sample without any box at all prompts
+SAM with each image's whole frame. The detector's check is the one that may compare nothing and still pass:
+when neither runtime finds a box above the threshold on any sample image, they agree that there is none, which
+is recorded (``compared: 0`` with a note). Every other check that compared nothing fails the command.
+
+Files are traced on a CPU copy of each model whatever ``--device`` is: a trace freezes the device of every
+tensor the model makes while running (segment-anything's ``get_dense_pe`` builds its grid on the model's
+device), so a file traced on CUDA would run only there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
 import shutil
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,6 +130,13 @@ def export_detector(detector: Any, fmt: str, dst: Path, meta: dict[str, Any]) ->
     return dst
 
 
+def _on_cpu(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` itself when it is on the CPU, else a CPU copy (the model the command verifies against stays
+    where it is)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return module if all(t.device.type == "cpu" for t in tensors) else copy.deepcopy(module).cpu()
+
+
 def export_module(module: torch.nn.Module, example: tuple[torch.Tensor, ...], fmt: str, dst: Path,
                   inputs: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]],
                   meta: dict[str, Any]) -> Path:
@@ -153,10 +172,9 @@ def export_segmenter(segmenter: Any, fmt: str, folder: ExportFiles, meta: dict[s
     number of boxes, any original size)."""
     from pipeline.stages.sam.predictor import to_input_image
 
-    sam = segmenter.predictor.model
-    device = sam.device
+    sam = _on_cpu(segmenter.predictor.model)
     size = segmenter.img_size
-    image = to_input_image(np.zeros((size, size * 3 // 4, 3), np.uint8), size)[None].float().to(device)
+    image = to_input_image(np.zeros((size, size * 3 // 4, 3), np.uint8), size)[None].float()
     rounded = bool(getattr(segmenter, "rounded", False))
     encoder = export_module(SamEncoder(sam, rounded), (image,), fmt, folder.part("sam_encoder", fmt), ["image"],
                             ["image_embeddings"], {"image": {2: "height", 3: "width"}},
@@ -164,7 +182,7 @@ def export_segmenter(segmenter: Any, fmt: str, folder: ExportFiles, meta: dict[s
     c, e = sam.prompt_encoder.embed_dim, sam.prompt_encoder.image_embedding_size[0]
     example = (torch.randn(1, c, e, e), torch.rand(3, 2, 2) * size, torch.tensor([BOX_LABELS] * 3),
                torch.zeros(1, 1, 4 * e, 4 * e), torch.zeros(1), torch.tensor([1500.0, 2250.0]))
-    decoder = export_module(SamDecoder(sam), tuple(t.to(device) for t in example), fmt,
+    decoder = export_module(SamDecoder(sam), example, fmt,
                             folder.part("sam_decoder", fmt),
                             ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
                              "orig_im_size"], ["masks", "iou_predictions"],
@@ -176,9 +194,8 @@ def export_segmenter(segmenter: Any, fmt: str, folder: ExportFiles, meta: dict[s
 
 def export_classifier(classifier: Any, fmt: str, dst: Path, meta: dict[str, Any]) -> Path:
     """The ensemble's mean softmax for any batch of normalised squares."""
-    device = next(classifier.model.parameters()).device
-    example = torch.zeros(2, 3, classifier.imgsz, classifier.imgsz, device=device)
-    return export_module(ClassifierProbs(classifier.model), (example,), fmt, dst, ["images"], ["probs"],
+    example = torch.zeros(2, 3, classifier.imgsz, classifier.imgsz)
+    return export_module(ClassifierProbs(_on_cpu(classifier.model)), (example,), fmt, dst, ["images"], ["probs"],
                          {"images": {0: "batch"}, "probs": {0: "batch"}},
                          {**meta, "classes": list(classifier.classes), "imgsz": int(classifier.imgsz),
                           "attempt": classifier.attempt})
@@ -201,14 +218,40 @@ def export_task(task: str, model: Any, fmt: str, folder: ExportFiles, category: 
 
 @dataclass
 class Sample:
-    """The verification images: the first test-split images, decoded, with their true boxes (xyxy)."""
+    """The verification images (test split), decoded, with their labels and true boxes (xyxy)."""
 
     names: list[str]
     images: list[np.ndarray]
     truth: list[np.ndarray]
+    labels: list[str] = field(default_factory=list)
+
+
+def _label(image: dict[str, Any], annotated: set[int]) -> str:
+    """An image's MVTec class: the folder of its source (``test/<class>/000.png``, as ``pipe convert`` records
+    it), else ``defective`` when it has annotations and ``good`` when it has none."""
+    parts = Path(str(image.get("source") or "")).parts
+    if len(parts) >= 2:
+        return parts[-2]
+    return "defective" if image["id"] in annotated else "good"
+
+
+def pick(by_label: dict[str, list[Any]], limit: int) -> list[Any]:
+    """Up to ``limit`` items taken round-robin over the labels, the defect classes (sorted) before ``good`` in
+    each round: so a handful of images holds every defect class, and good ones once each class has one. Taking
+    the first images in file order instead gave, for a category whose defects all sort after ``good``, only
+    good images: nothing for the detector or SAM to be compared on."""
+    order = sorted(by_label, key=lambda k: (k == "good", k))
+    queues = [list(by_label[k]) for k in order]
+    out: list[Any] = []
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
 
 
 def sample_images(ws: Workspace, category: str, limit: int) -> Sample:
+    """Up to ``limit`` test-split images, defective ones first across their classes (``pick``)."""
     from pipeline.coco import xywh_to_xyxy
     from pipeline.data.images import read_image
 
@@ -216,16 +259,20 @@ def sample_images(ws: Workspace, category: str, limit: int) -> Sample:
     if not path.is_file():
         raise ExportError(f"{path}: no test split to verify the export on; run `pipe convert {category}` first")
     coco = read_json(path)
-    chosen = coco["images"][:limit]
-    if not chosen:
-        raise ExportError(f"{path}: the test split has no images to verify the export on; re-run "
-                          f"`pipe convert {category}`")
     boxes: dict[int, list[list[float]]] = {}
     for ann in coco["annotations"]:
         boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for im in coco["images"]:
+        by_label.setdefault(_label(im, set(boxes)), []).append(im)
+    chosen = pick(by_label, limit)
+    if not chosen:
+        raise ExportError(f"{path}: the test split has no images to verify the export on; re-run "
+                          f"`pipe convert {category}`")
     return Sample([im["file_name"] for im in chosen],
                   [read_image(ws.dataset.coco.images("test") / im["file_name"]) for im in chosen],
-                  [xywh_to_xyxy(boxes.get(im["id"], [])).reshape(-1, 4) for im in chosen])
+                  [xywh_to_xyxy(boxes.get(im["id"], [])).reshape(-1, 4) for im in chosen],
+                  [_label(im, set(boxes)) for im in chosen])
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -289,29 +336,24 @@ def _embedding(segmenter: Any) -> np.ndarray:
 
 
 def _prompts(detections: list[list[dict[str, Any]]] | None, sample: Sample, conf: float) -> list[np.ndarray]:
+    """SAM's boxes per image: the detector's at ``conf`` and the true ones. When that leaves no box on any image
+    (no defective image in the sample, no detection), each image's whole frame, so SAM is never left unchecked."""
     from pipeline.coco import xywh_to_xyxy
 
     detections = detections or [[] for _ in sample.images]
-    return [np.concatenate([xywh_to_xyxy([d["bbox"] for d in ds if d["score"] >= conf]).reshape(-1, 4), truth])
-            for ds, truth in zip(detections, sample.truth)]
+    prompts = [np.concatenate([xywh_to_xyxy([d["bbox"] for d in ds if d["score"] >= conf]).reshape(-1, 4), truth])
+               for ds, truth in zip(detections, sample.truth)]
+    if not any(len(p) for p in prompts):
+        prompts = [np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32) for im in sample.images]
+    return prompts
 
 
 # --- comparing ---------------------------------------------------------------------------------------------
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of xyxy boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a, area_b = (np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1) for x in (a, b))
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
-
-
 def _found(dets: list[dict[str, Any]], other: list[dict[str, Any]], conf: float, tol: float) -> list[float]:
     """For each box of ``dets`` clearly above ``conf``, the best IoU with a box of its class in ``other`` that
     is not clearly below it (0 when there is none)."""
-    from pipeline.coco import xywh_to_xyxy
+    from pipeline.coco import box_iou, xywh_to_xyxy
 
     mine = [d for d in dets if d["score"] >= conf + tol]
     theirs = [d for d in other if d["score"] >= conf - tol]
@@ -325,11 +367,21 @@ def _found(dets: list[dict[str, Any]], other: list[dict[str, Any]], conf: float,
     return np.where(same, ious, 0.0).max(axis=1).tolist()
 
 
-def check(worst: float | None, threshold: float, higher_is_better: bool, compared: int, what: str) -> dict[str, Any]:
-    """One verification entry: the worst measured value against its threshold (nothing compared passes)."""
-    passed = worst is None or (worst >= threshold if higher_is_better else worst <= threshold)
-    return {"what": what, "worst": None if worst is None else round(float(worst), 8), "threshold": threshold,
-            "compared": compared, "passed": bool(passed)}
+NOT_VERIFIED = "nothing was compared, so the export is not verified"
+
+
+def check(worst: float | None, threshold: float, higher_is_better: bool, compared: int, what: str,
+          nothing: str | None = None) -> dict[str, Any]:
+    """One verification entry: the worst measured value against its threshold.
+
+    A check that compared nothing verified nothing (``verified: false``) and fails, unless ``nothing`` says why
+    there was genuinely nothing to compare: then it passes with that note."""
+    if not compared or worst is None:
+        return {"what": what, "worst": None, "threshold": threshold, "compared": 0, "verified": False,
+                "passed": nothing is not None, "note": nothing or NOT_VERIFIED}
+    passed = worst >= threshold if higher_is_better else worst <= threshold
+    return {"what": what, "worst": round(float(worst), 8), "threshold": threshold, "compared": compared,
+            "verified": True, "passed": bool(passed)}
 
 
 def compare(task: str, ref: Outputs, got: Outputs, conf: float, tol: Tolerances) -> dict[str, dict[str, Any]]:
@@ -338,9 +390,13 @@ def compare(task: str, ref: Outputs, got: Outputs, conf: float, tol: Tolerances)
         assert ref.detections is not None and got.detections is not None
         ious = [v for a, b in zip(ref.detections, got.detections)
                 for v in _found(a, b, conf, tol.score) + _found(b, a, conf, tol.score)]
+        # no IoU at all means neither side has a box clearly above the threshold (a box on one side only would
+        # have scored 0): both agree that there is nothing here, the one empty result that is an answer
+        agree = (f"no box scored {conf + tol.score:g} or more on any of the {len(ref.detections)} images in either "
+                 f"runtime: both agree there is none, so no box was compared")
         return {"detector": {"boxes": check(min(ious, default=None), tol.box_iou, True, len(ious),
                                             "IoU of each box above the threshold with the other runtime's box "
-                                            "of the same class (both ways)")}}
+                                            "of the same class (both ways)", nothing=agree)}}
     if task == "segmenter":
         from pipeline.coco import batch_iou
 
@@ -399,8 +455,8 @@ def _previous(folder: ExportFiles, formats: Sequence[str]) -> dict[str, dict[str
 
 def run_export(cfg: Config, ws: Workspace, formats: Sequence[str], device: str = "cpu", conf: float | None = None,
                images: int = 8, tolerances: Tolerances = Tolerances()) -> dict[str, Any]:
-    """Export every trained part of ``cfg.category`` in each of ``formats``, verify it against PyTorch on the
-    first ``images`` test-split images, write ``export_report.json`` and return it; raise a one-line
+    """Export every trained part of ``cfg.category`` in each of ``formats``, verify it against PyTorch on
+    ``images`` test-split images (``sample_images``), write ``export_report.json`` and return it; raise a one-line
     ``ExportError`` naming the report when a check fails (the files then go to ``rejected/``, not into place).
 
     ``conf``: the box threshold the detections are compared above (default: ``pipe predict``'s)."""
@@ -485,7 +541,8 @@ def _report(cfg: Config, ws: Workspace, formats: list[str], tasks: list[str], sa
     for part, by_format in parts.items():
         merged.setdefault(part, {}).update(by_format)
     return {"category": cfg.category, "formats": formats, "device": device, "runtime": _versions(),
-            "images": {"split": "test", "count": len(sample.images), "files": sample.names},
+            "images": {"split": "test", "count": len(sample.images), "files": sample.names,
+                       "labels": dict(sorted(Counter(sample.labels).items()))},
             "thresholds": {"conf": conf, "nms_iou": iou, **asdict(tol)},
             "left_out": {t: _why_left_out(ws, cfg.category, t) for t in TASKS if t not in tasks},
             "parts": merged, "failed": failed, "passed": not failed}

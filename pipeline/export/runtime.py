@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.export.modules import BOX_LABELS
-from pipeline.predict.models import Detector, ModelError, Trained
+from pipeline.predict.models import Detector, ModelError, Trained, check_classes, classifier_input
 from pipeline.workspace import EXPORT_SUFFIX, Workspace
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,9 @@ class OnnxSegmenter:
 
     def set_image(self, image: np.ndarray) -> None:
         """A BGR (H, W, 3) or greyscale (H, W) image, as ``Segmenter.set_image``."""
-        from pipeline.stages.sam.predictor import to_input_image
+        from pipeline.stages.sam.predictor import decoded_to_input
 
-        rgb = image[..., ::-1] if image.ndim == 3 else image
-        x = to_input_image(rgb, self.img_size)[None].float().numpy()
+        x = decoded_to_input(image, self.img_size)[None].float().numpy()
         self.embedding, self.size = self.encoder(image=x)[0], (int(image.shape[0]), int(image.shape[1]))
 
     def segment(self, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,15 +199,6 @@ class OnnxClassifier:
         return self.runner(images=classifier_input(images, self.imgsz).numpy())[0]
 
 
-def classifier_input(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """(N, 3, size, size) float: each image area-resized to a square and normalised as the stage's ``eval``."""
-    from pipeline.data.images import square
-    from pipeline.stages.classify.data import transform
-
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(square(im, size).transpose(2, 0, 1))) for im in images])
-    return transform("eval", size)(x)
-
-
 # --- loading -----------------------------------------------------------------------------------------------
 
 def _command(category: str, fmt: str) -> str:
@@ -230,7 +220,13 @@ def trained_file(ws: Workspace, task: str) -> Path | None:
 
 
 def check_meta(path: Path, meta: dict[str, Any], ws: Workspace, cfg: Config, task: str, fmt: str) -> None:
-    """An export of this category, of the model the workspace holds now (same sha256), or a one-line error."""
+    """An export of this category, for its classes, of the model the workspace holds now (same sha256), or a
+    one-line error.
+
+    The class list is checked on the file's own record (the detector's names, the classifier's classes), as
+    ``predict.models`` checks the trained files: on the machine the files are shipped to there is usually no
+    ``runs/`` to compare digests with, and a file whose class ids mean other classes would label every box
+    wrongly without a word."""
     from pipeline.fetch import file_digest
 
     if not meta:
@@ -239,6 +235,11 @@ def check_meta(path: Path, meta: dict[str, Any], ws: Workspace, cfg: Config, tas
     if meta.get("category") != cfg.category:
         raise ModelError(f"{path}: exported for category {meta.get('category')!r}, not {cfg.category!r}; run "
                          f"{_command(cfg.category, fmt)}")
+    redo = f"re-export with {_command(cfg.category, fmt)}"
+    if task == "detector":
+        check_classes("detector", path, [str(n) for n in meta.get("names") or []], cfg.category, redo)
+    elif task == "classifier":
+        check_classes("classifier", path, [str(c) for c in meta.get("classes") or []], cfg.category, redo)
     current = trained_file(ws, task)
     if current is not None and current.is_file() and file_digest(current) != meta.get("source_sha256"):
         raise ModelError(f"{path}: exported from an older {task} than {current} (retrained since); re-export with "

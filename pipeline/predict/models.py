@@ -3,7 +3,9 @@
 ``pipe predict`` and ``pipe export`` both start here. Each model comes from its stage's folder in the
 workspace (or an explicit file) together with the run record beside it (``metrics.json``), which says what
 it was trained for: a model whose category or class list is not this command's is refused with one line,
-and a stage that has not run is one line naming the command that trains it.
+and a stage that has not run is one line naming the command that trains it (``NotTrained``). The settings a
+model runs with (the detector's image size, SAM's autocast) are read from that record too, not from the current
+config, so editing the config after training cannot quietly change what a model predicts.
 
 Every task has the same methods whatever runs it (PyTorch here; ONNX Runtime in ``pipeline.export.runtime``):
 
@@ -31,7 +33,7 @@ from pipeline.config import Config
 from pipeline.data.categories import get_category
 from pipeline.errors import PipeError
 from pipeline.io import read_json
-from pipeline.workspace import SamFiles, Workspace, YoloFiles
+from pipeline.workspace import AnomalyFiles, ClassifyFiles, SamFiles, Workspace, YoloFiles
 
 log = logging.getLogger(__name__)
 
@@ -45,31 +47,68 @@ class ModelError(PipeError):
     """A trained model is missing, changed since its run, or made for another category or class list."""
 
 
+class NotTrained(ModelError):
+    """The stage that trains a model has not run (no file where it writes it): ``load_trained`` may leave such a
+    task out, while any other ``ModelError`` (a damaged or foreign file) always stops the command."""
+
+
+def _metrics_file(task: str, file: Path) -> Path:
+    """The run record of the stage that wrote ``file`` (a classifier sits in ``classify/<attempt>/best.pt``, one
+    folder below its stage's record)."""
+    file = Path(file)
+    if task == "classifier":
+        return ClassifyFiles(file.parent.parent).metrics
+    return {"detector": YoloFiles, "segmenter": SamFiles, "anomaly": AnomalyFiles}[task](file.parent).metrics
+
+
 def _record(task: str, file: Path, category: str) -> dict[str, Any]:
     """The stage's ``metrics.json`` beside ``file``: what the model was trained for, checked against this run."""
-    metrics = Path(file).parent / "metrics.json"
-    if task == "classifier":  # classify/<attempt>/best.pt: the stage's record is one folder up
-        metrics = Path(file).parent.parent / "metrics.json"
+    metrics = _metrics_file(task, file)
     if not metrics.is_file():
         raise ModelError(f"{file}: no {metrics.name} beside it, so what it was trained for is unknown; use the "
                          f"folder `{TRAINED_BY[task]} {category}` wrote")
-    record = read_json(metrics)
-    trained_for = record.get("category")
+    try:
+        record = read_json(metrics)
+        trained_for = record.get("category")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{metrics}: not a readable run record ({type(exc).__name__}); re-run "
+                         f"`{TRAINED_BY[task]} {category}`") from None
     if trained_for != category:
         raise ModelError(f"{file}: trained for category {trained_for!r}, not {category!r}; run "
                          f"`{TRAINED_BY[task]} {category}` or pass that category's model")
     return record
 
 
-def _missing(task: str, file: Path, category: str) -> ModelError:
-    return ModelError(f"{file}: no trained {task} ({STAGE_OF[task]} stage has not run); run "
+def _recorded(task: str, file: Path, record: dict[str, Any], *keys: str) -> Any:
+    """``record["config"][keys...]``: a setting the model's run trained and evaluated it with."""
+    value: Any = record.get("config")
+    try:
+        for key in keys:
+            value = value[key]
+    except (KeyError, TypeError):
+        redo = f"{TRAINED_BY[task]} {record.get('category')}"
+        raise ModelError(f"{_metrics_file(task, file)}: its run did not record config.{'.'.join(keys)}, which "
+                         f"{file} must run with; retrain with `{redo}`") from None
+    return value
+
+
+def _missing(task: str, file: Path, category: str) -> NotTrained:
+    return NotTrained(f"{file}: no trained {task} ({STAGE_OF[task]} stage has not run); run "
                       f"`{TRAINED_BY[task]} {category}` first")
 
 
-def _same_classes(task: str, file: Path, have: list[str], want: list[str], category: str) -> None:
-    if have != want:
-        raise ModelError(f"{file}: trained for classes {have}, but {category} has {want}; retrain with "
-                         f"`{TRAINED_BY[task]} {category}`")
+def check_classes(task: str, file: Path, have: list[str], category: str, redo: str | None = None) -> None:
+    """Refuse in one line a model whose classes are not the category's: the detector's must be its defect
+    classes in id order; a classifier's a subset of its classes (a split may lack a class). ``redo``: the
+    command that makes a matching file (default: the one that trains ``task``)."""
+    cat = get_category(category)
+    if task == "detector":
+        ok, want = have == list(cat.defects), list(cat.defects)
+    else:
+        ok, want = bool(have) and set(have) <= set(cat.classes), list(cat.classes)
+    if not ok:
+        raise ModelError(f"{file}: trained for classes {have}, but {category} has {want}; "
+                         f"{redo or f'retrain with `{TRAINED_BY[task]} {category}`'}")
 
 
 # --- detector --------------------------------------------------------------------------------------------
@@ -87,25 +126,22 @@ class Detector:
     _predictor: Any = field(default=None, repr=False)
 
     def detect(self, images: list[np.ndarray], conf: float, iou: float) -> list[list[dict[str, Any]]]:
-        """Boxes per image, through ultralytics' own predictor as the stage's evaluation.
+        """Boxes per image, through ultralytics' own predictor as the stage's evaluation, the whole batch at once.
 
-        Images of one shape go in one batch: ultralytics letterboxes a batch of mixed shapes differently
-        (square, not minimal padding), which would move boxes against the evaluation's one-image batches."""
+        ultralytics (8.4) letterboxes every image to the square ``imgsz`` (minimal rectangular padding only with
+        ``rect=True``, which neither the evaluation nor this predictor sets), each image on its own, so a batch
+        of mixed shapes gives every image the boxes the evaluation's one-image batches gave it."""
         from pipeline.stages.yolo.evaluate import boxes_of, detection_predictor
         from pipeline.viz import to_bgr
 
+        if not images:
+            return []
         if self._predictor is None:
             self._predictor = detection_predictor(self.imgsz, conf, iou, self.device, self.max_det)
         self._predictor.args.conf, self._predictor.args.iou = conf, iou
-        out: list[list[dict[str, Any]]] = [[] for _ in images]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.shape[:2], []).append(i)
-        for idx in groups.values():  # greyscale as three equal channels, as ultralytics' own imread gives it
-            results = self._predictor(source=[to_bgr(images[i]) for i in idx], model=self.model, stream=False)
-            for i, r in zip(idx, results):
-                out[i] = boxes_of(r)
-        return out
+        # greyscale as three equal channels, as ultralytics' own imread gives it
+        results = self._predictor(source=[to_bgr(im) for im in images], model=self.model, stream=False)
+        return [boxes_of(r) for r in results]
 
 
 def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = None) -> Detector:
@@ -115,7 +151,8 @@ def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = N
     path = Path(file) if file else ws.yolo.best
     if not path.is_file():
         raise _missing("detector", path, cfg.category)
-    _record("detector", path, cfg.category)
+    record = _record("detector", path, cfg.category)
+    imgsz = int(_recorded("detector", path, record, "yolo", "imgsz"))  # the size it was trained and evaluated at
     try:
         model = world.load(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same one-line answer
@@ -126,11 +163,20 @@ def load_detector(ws: Workspace, cfg: Config, device: str, file: Path | None = N
     if not vocabulary.is_file():
         raise ModelError(f"{path}: no class embeddings at {vocabulary} to name its classes; use the folder "
                          f"`pipe finetune yolo {cfg.category}` wrote")
-    saved = torch.load(vocabulary, map_location="cpu", weights_only=True)
-    names = [str(n) for n in saved["names"]]
-    _same_classes("detector", path, names, list(get_category(cfg.category).defects), cfg.category)
-    set_prompts(model, saved["feats"], names)
-    return Detector(model.to(device), names, cfg.yolo.imgsz, device, path, cfg.predict.max_det)
+    try:
+        saved = torch.load(vocabulary, map_location="cpu", weights_only=True)
+        names = [str(n) for n in saved["names"]]
+        feats = saved["feats"]
+    except Exception as exc:  # noqa: BLE001 - unpickling, a missing key, a foreign object: one line
+        raise ModelError(f"{vocabulary}: not the class embeddings `pipe finetune yolo` writes "
+                         f"({type(exc).__name__}); retrain with `pipe finetune yolo {cfg.category}`") from None
+    check_classes("detector", path, names, cfg.category)
+    try:
+        set_prompts(model, feats, names)
+    except Exception as exc:  # noqa: BLE001 - embeddings of another size or model
+        raise ModelError(f"{vocabulary}: class embeddings that do not fit {path} ({type(exc).__name__}); retrain "
+                         f"with `pipe finetune yolo {cfg.category}`") from None
+    return Detector(model.to(device), names, imgsz, device, path, cfg.predict.max_det)
 
 
 # --- segmenter -------------------------------------------------------------------------------------------
@@ -146,10 +192,9 @@ class Segmenter:
     def set_image(self, image: np.ndarray) -> None:
         """Encode once for every box of the image; greyscale (H, W) is replicated, as the stage's data does."""
         from pipeline.stages.sam.cache import as_stored
-        from pipeline.stages.sam.predictor import to_input_image
+        from pipeline.stages.sam.predictor import decoded_to_input
 
-        rgb = image[..., ::-1] if image.ndim == 3 else image
-        embedding = self.predictor.embed(to_input_image(rgb, self.predictor.img_size))
+        embedding = self.predictor.embed(decoded_to_input(image, self.predictor.img_size))
         self.predictor.set_embedding(as_stored(embedding) if self.rounded else embedding, image.shape[:2])
 
     def segment(self, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,8 +235,8 @@ def load_segmenter(ws: Workspace, cfg: Config, device: str, file: Path | None = 
     record = _record("segmenter", path, cfg.category)
     recorded = (record.get("decoder_weights") or {}).get("sha256")
     if recorded and file_digest(path) != recorded:
-        raise ModelError(f"{path}: changed since its run wrote it (sha256 differs from {SamFiles(path.parent).metrics}); "
-                         f"retrain with `pipe finetune sam {cfg.category}`")
+        raise ModelError(f"{path}: changed since its run wrote it (sha256 differs from "
+                         f"{_metrics_file('segmenter', path)}); retrain with `pipe finetune sam {cfg.category}`")
     source, seed = sam_base(record, cfg)
     sam = build(source, seed)
     try:
@@ -201,9 +246,11 @@ def load_segmenter(ws: Workspace, cfg: Config, device: str, file: Path | None = 
         raise ModelError(f"{path}: not a decoder for {source.arch} ({type(exc).__name__}); retrain with "
                          f"`pipe finetune sam {cfg.category}`") from None
     sam.mask_threshold = float(mask_threshold)
-    # the stage's evaluation reads embeddings through its cache whenever ``sam.cache`` is on (rounded to float16)
-    return Segmenter(Predictor(sam.to(device).eval(), amp=cfg.sam.amp), path,
-                     rounded=bool(record["config"]["sam"].get("cache")))
+    # as the stage's evaluation ran: its autocast, and embeddings read through its cache whenever ``sam.cache``
+    # was on (rounded to float16)
+    amp = bool(_recorded("segmenter", path, record, "sam", "amp"))
+    rounded = bool(_recorded("segmenter", path, record, "sam").get("cache"))
+    return Segmenter(Predictor(sam.to(device).eval(), amp=amp), path, rounded=rounded)
 
 
 # --- classifier ------------------------------------------------------------------------------------------
@@ -221,14 +268,19 @@ class ImageClassifier:
 
     @torch.no_grad()
     def probs(self, images: list[np.ndarray]) -> np.ndarray:
-        from pipeline.data.images import square
-        from pipeline.stages.classify.data import transform
         from pipeline.stages.classify.models import Classifier
 
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(square(im, self.imgsz).transpose(2, 0, 1)))
-                         for im in images])
-        x = transform("eval", self.imgsz)(x).to(self.device)
-        return Classifier.probs(self.model(x)).cpu().numpy()
+        return Classifier.probs(self.model(classifier_input(images, self.imgsz).to(self.device))).cpu().numpy()
+
+
+def classifier_input(images: list[np.ndarray], imgsz: int) -> torch.Tensor:
+    """(N, 3, imgsz, imgsz) float: each decoded image area-resized to a square and normalised as the stage's
+    ``eval`` transform. Both backends' classifiers take exactly this, so they differ only in what runs it."""
+    from pipeline.data.images import square
+    from pipeline.stages.classify.data import transform
+
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(square(im, imgsz).transpose(2, 0, 1))) for im in images])
+    return transform("eval", imgsz)(x)
 
 
 def best_attempt(ws: Workspace, category: str) -> str:
@@ -252,16 +304,19 @@ def load_classifier(ws: Workspace, cfg: Config, device: str, file: Path | None =
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         attempt = Attempt.model_validate(ckpt["attempt"])
         classes = [str(c) for c in ckpt["classes"]]
+        state = ckpt["state_dict"]
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: not a classifier checkpoint written by `pipe classify` ({type(exc).__name__}); "
                          f"retrain with `pipe classify {cfg.category}`") from None
-    known = list(get_category(cfg.category).classes)
-    if not set(classes) <= set(known):
-        _same_classes("classifier", path, classes, known, cfg.category)
+    check_classes("classifier", path, classes, cfg.category)
     # the state dict holds every weight: the backbones are built empty, never looked up or downloaded
     empty = {b: Resolved(get_spec(b), None, "random-init", None) for b in attempt.backbones}
-    model = build(attempt, len(classes), empty)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = build(attempt, len(classes), empty)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - weights of another architecture or class count
+        raise ModelError(f"{path}: its weights do not fit attempt {attempt.id}'s model ({type(exc).__name__}); "
+                         f"retrain with `pipe classify {cfg.category}`") from None
     return ImageClassifier(model.to(device).eval(), classes, attempt.imgsz, attempt.id, device, path)
 
 
@@ -280,17 +335,20 @@ class AnomalyModel:
 
     @torch.no_grad()
     def score(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Image scores and anomaly maps, each map resized back to its image's size."""
-        import cv2
-
-        from pipeline.data.images import square
+        """Image scores and anomaly maps (float32), each map stretched back over its image's own pixels by the
+        stage's ``unsquare``, so a map here is the map the stage thresholded."""
+        from pipeline.data.images import square, unsquare
 
         x = torch.stack([torch.from_numpy(square(im, self.imgsz)).permute(2, 0, 1) for im in images])
         scores, maps = self.model.score(x.to(self.device))
         maps_np = maps.float().cpu().numpy()
-        return scores.float().cpu().numpy(), [
-            cv2.resize(m, (im.shape[1], im.shape[0]), interpolation=cv2.INTER_LINEAR)
-            for m, im in zip(maps_np, images)]
+        return scores.float().cpu().numpy(), [unsquare(m, im.shape[0], im.shape[1]) for m, im in zip(maps_np, images)]
+
+    def region(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """(H, W) bool: the pixels at or above the pixel threshold, compared in float64 as the stage compares
+        (``anomaly.run.full_size_scores``). A float32 map against the Python float would compare in float32
+        (NEP 50), flagging pixels just below the threshold that the stage did not."""
+        return np.asarray(anomaly_map).astype(np.float64) >= self.pixel_threshold
 
 
 def load_anomaly(ws: Workspace, cfg: Config, device: str, file: Path | None = None) -> AnomalyModel:
@@ -343,8 +401,8 @@ def load_trained(ws: Workspace, cfg: Config, device: str, files: dict[str, Path 
                 model = load_segmenter(ws, cfg, device, files.get(task), mask_threshold)
             else:
                 model = loaders[task](ws, cfg, device, files.get(task))
-        except ModelError as exc:
-            if files.get(task) or "has not run" not in str(exc):
+        except NotTrained as exc:
+            if files.get(task):
                 raise
             skipped.append(exc)
             continue

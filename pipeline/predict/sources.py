@@ -2,8 +2,8 @@
 
 - ``expand``: files, folders (recursively) and glob patterns to a list of image files, each failure kept with
   its reason, so that one bad argument is reported by name while the others are still processed.
-- ``read``: one image in OpenCV's convention (BGR or greyscale uint8, as ``data.images.read_image`` gives the
-  training images), with a JPEG's EXIF orientation applied. The file is read once; its structure is checked
+- ``read``: one image in OpenCV's convention (BGR or greyscale uint8, converted by ``data.images.to_uint8`` as
+  the training images are), with a JPEG's EXIF orientation applied. The file is read once; its structure is checked
   on the bytes before decoding (PNG chunk CRCs, JPEG markers up to end-of-image), so a truncated file is one
   ``DataError`` naming it rather than an image OpenCV quietly filled with grey.
 - ``output_names``: unique flat names for the files written per image (overlays, masks).
@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.data.images import PNG_SIGNATURE, png_damage
+from pipeline.data.images import PNG_SIGNATURE, png_damage, to_uint8
 from pipeline.errors import DataError
 from pipeline.workspace import flat_name
 
@@ -128,6 +128,19 @@ def expand(sources: Sequence[str | Path]) -> tuple[list[Path], list[Failure]]:
                 seen.add(key)
                 images.append(Path(os.path.abspath(path)))
     return images, failures
+
+
+def walked(sources: Sequence[str | Path]) -> list[Path]:
+    """The folders ``expand`` searches recursively for ``sources``: each folder named, and each folder a pattern
+    matches (not a pattern's literal root: ``*.png`` reads the files it matches, not the folder they are in)."""
+    folders: list[Path] = []
+    for source in sources:
+        text = str(source)
+        if os.path.exists(text):
+            folders += [Path(text)] if os.path.isdir(text) else []
+        elif glob.has_magic(text):
+            folders += [Path(m) for m in sorted(glob.glob(text, recursive=True)) if os.path.isdir(m)]
+    return folders
 
 
 # --- names of the per-image outputs -----------------------------------------------------------------------
@@ -278,20 +291,6 @@ def _damage(data: bytes) -> tuple[str | None, int]:
     return f"not a {FORMATS.replace(' and ', ' or ')} image", 1
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """8-bit BGR or greyscale, exactly as ``data.images.read_image`` makes the training images: deeper images
-    scaled by their maximum, alpha dropped."""
-    if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, int(image.max())))
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha, where a decoder keeps it so
-        image = np.ascontiguousarray(image[..., 0])
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = np.ascontiguousarray(image[..., 0])
-    return image
-
-
 def read(path: Path) -> np.ndarray:
     """The image at ``path``: BGR (H, W, 3) or greyscale (H, W) uint8, upright per its EXIF orientation (JPEG).
 
@@ -308,8 +307,12 @@ def read(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable or truncated image ({damage})")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
+    except Exception as exc:  # noqa: BLE001 - cv2.error, MemoryError on a forged header...: one line naming it
         raise DataError(f"{path}: cannot decode image ({_one_line(exc)})") from None
     if image is None or image.size == 0:
         raise DataError(f"{path}: cannot decode image (corrupt or unsupported variant of its format)")
-    return _orient(_to_uint8(image), orientation)
+    try:  # whatever the pixels hold (NaN, an exotic depth), one file is one line, never the end of the run
+        return _orient(to_uint8(image), orientation)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: cannot convert its {image.dtype} pixels to 8 bits ({type(exc).__name__}: "
+                        f"{_one_line(exc)})") from None

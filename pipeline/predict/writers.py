@@ -1,4 +1,5 @@
-"""What ``pipe predict`` writes about each image: a JSON line, COCO results, an overlay, an MVTec-style mask.
+"""What ``pipe predict`` writes about each image: a JSON line, COCO results, an overlay, an MVTec-style mask, the
+anomaly map.
 
 A *record* is the loop's dict for one image (``source``, ``width``, ``height``, ``channels``, ``boxes``,
 ``masks``, ``label``, ``probs``, ``classifier``, ``anomaly``, ``timing_ms``); any model's part may be absent or
@@ -17,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.coco import decode
+from pipeline.coco import decode, to_json
 from pipeline.io import atomic_path
 from pipeline.viz import PALETTE, draw_box, thickness, to_bgr
 
@@ -76,12 +77,6 @@ def _masks_by_box(record: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
     return {int(m.get("box", i)): m for i, m in enumerate(record.get("masks") or [])}
 
 
-def _rle_json(rle: Mapping[str, Any]) -> dict[str, Any]:
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes)
-            else counts}
-
-
 def coco_results(records: Sequence[Mapping[str, Any]], image_ids: Sequence[int],
                  category_ids: Mapping[str, int]) -> list[dict[str, Any]]:
     """Detections in COCO's results format, one entry per box (detectron2's ``coco_instances_results``):
@@ -97,7 +92,7 @@ def coco_results(records: Sequence[Mapping[str, Any]], image_ids: Sequence[int],
             entry: dict[str, Any] = {"image_id": int(image_id), "category_id": int(category_ids[box["class"]]),
                                      "bbox": _xywh(box), "score": round(float(box["score"]), 5)}
             if i in masks:
-                entry["segmentation"] = _rle_json(masks[i]["rle"])
+                entry["segmentation"] = to_json(masks[i]["rle"])
             results.append(entry)
     return results
 
@@ -116,17 +111,13 @@ def coco_images(records: Sequence[Mapping[str, Any]], image_ids: Sequence[int],
 # --- masks ------------------------------------------------------------------------------------------------
 
 
-def _decode(rle: Mapping[str, Any], height: int, width: int) -> np.ndarray:
-    return decode(_rle_json(rle), height, width)
-
-
 def union_mask(record: Mapping[str, Any]) -> np.ndarray:
     """(H, W) bool: every mask of the record together (all False when the segmenter found nothing or did not
     run): the image's defect area, as one MVTec ground-truth mask holds all of an image's defects."""
     height, width = int(record["height"]), int(record["width"])
     union = np.zeros((height, width), dtype=bool)
     for mask in record.get("masks") or []:
-        union |= _decode(mask["rle"], height, width)
+        union |= decode(to_json(mask["rle"]), height, width)
     return union
 
 
@@ -152,6 +143,26 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
     if mask.ndim != 2:
         raise ValueError(f"{path}: a mask must be (H, W), not {mask.shape}")
     return _write_png(path, np.where(mask > 0, np.uint8(255), np.uint8(0)))
+
+
+# --- anomaly maps -----------------------------------------------------------------------------------------
+
+
+def map_name(name: str) -> str:
+    """The file of an image's anomaly map: ``000.png`` -> ``000.npy``."""
+    return f"{Path(name).stem}.npy"
+
+
+def write_map(path: Path, anomaly_map: np.ndarray) -> Path:
+    """The anomaly map (H, W) at the image's size as float16 ``.npy`` (``np.load`` reads it): half the bytes of
+    float32, and ample to redraw or re-threshold a heat map. float16 tops out at 65504; a larger value (no
+    PatchCore distance comes near) is stored as inf."""
+    anomaly_map = np.asarray(anomaly_map)
+    if anomaly_map.ndim != 2:
+        raise ValueError(f"{path}: an anomaly map must be (H, W), not {anomaly_map.shape}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, anomaly_map.astype(np.float16))
+    return Path(path)
 
 
 # --- overlays ---------------------------------------------------------------------------------------------
@@ -208,8 +219,8 @@ def _heat(image: np.ndarray, anomaly_map: np.ndarray, record: Mapping[str, Any])
     top = 2.0 * float(threshold) if threshold is not None and threshold > 0 else float(heat.max())
     scaled = np.clip(heat / (top if top > 0 else 1.0) * 255, 0, 255).astype(np.uint8)
     panel = cv2.addWeighted(image, 0.5, cv2.applyColorMap(scaled, cv2.COLORMAP_JET), 0.5, 0)
-    if threshold is not None:
-        region = (heat >= float(threshold)).astype(np.uint8)
+    if threshold is not None:  # in float64, as the record's region (``AnomalyModel.region``) and the stage compare
+        region = (heat.astype(np.float64) >= float(threshold)).astype(np.uint8)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(panel, contours, -1, (255, 255, 255), max(1, thickness(panel) // 2))
     return panel
@@ -226,7 +237,7 @@ def write_overlay(path: Path, image: np.ndarray, record: Mapping[str, Any],
     boxes = record.get("boxes") or []
     for i, mask in _masks_by_box(record).items():
         colour = _colour(boxes[i].get("class_id") if i < len(boxes) else 0)
-        _fill(canvas, _decode(mask["rle"], height, width), colour)
+        _fill(canvas, decode(to_json(mask["rle"]), height, width), colour)
     for box in boxes:
         draw_box(canvas, _xywh(box), _colour(box.get("class_id")), f"{box.get('class', '?')} {box['score']:.2f}")
     if anomaly_map is not None:

@@ -49,6 +49,13 @@ def to_input_image(image: np.ndarray, img_size: int) -> torch.Tensor:
     return torch.as_tensor(resized).permute(2, 0, 1).contiguous()
 
 
+def decoded_to_input(image: np.ndarray, img_size: int) -> torch.Tensor:
+    """:func:`to_input_image` of an image as OpenCV decodes it (BGR (H, W, 3) or greyscale (H, W), what
+    ``data.images.read_image`` and ``pipe predict`` read): the one place the channel order is turned, for
+    ``Predictor.set_image`` and both backends' segmenters alike."""
+    return to_input_image(image[..., ::-1] if image.ndim == 3 else image, img_size)
+
+
 def _numpy(values: Array) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
@@ -96,9 +103,8 @@ class Predictor:
 
     def set_image(self, image: np.ndarray, image_format: Literal["RGB", "BGR"] = "RGB") -> None:
         """Encode ``image`` (uint8 (H, W, 3) in ``image_format``, or greyscale (H, W)) once for the coming prompts."""
-        if image_format == "BGR" and image.ndim == 3:
-            image = image[..., ::-1]
-        self.set_embedding(self.embed(to_input_image(image, self.img_size)), image.shape[:2])
+        x = decoded_to_input(image, self.img_size) if image_format == "BGR" else to_input_image(image, self.img_size)
+        self.set_embedding(self.embed(x), image.shape[:2])
 
     def set_embedding(self, embedding: torch.Tensor, original_size: Size) -> None:
         """Prompt an embedding computed before (e.g. from the cache) of an image of ``original_size`` (H, W).
