@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
+from pipeline.stages.yolo import offline  # before any ultralytics import: no online checks
 from pipeline.errors import PipeError
 from pipeline.export import runtime
 from pipeline.export.modules import BOX_LABELS, ClassifierProbs, SamDecoder, SamEncoder
@@ -460,6 +461,7 @@ def run_export(cfg: Config, ws: Workspace, formats: Sequence[str], device: str =
     ``ExportError`` naming the report when a check fails (the files then go to ``rejected/``, not into place).
 
     ``conf``: the box threshold the detections are compared above (default: ``pipe predict``'s)."""
+    offline.no_downloads()  # ultralytics' exporter checks requirements and assets: nothing is fetched at run time
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"--format {','.join(unknown) or '(none)'}: expected one or more of {', '.join(FORMATS)}")

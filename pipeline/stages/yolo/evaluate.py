@@ -19,6 +19,7 @@ from pipeline.coco import xyxy_to_xywh
 from pipeline.data.images import read_image
 from pipeline.io import read_json
 from pipeline.metrics.coco import coco_ap
+from pipeline.stages.yolo import offline
 from pipeline.viz import PALETTE, TRUTH, draw_box, to_bgr
 
 
@@ -29,6 +30,7 @@ def _ultra_device(device: str) -> str:
 def validate(model: torch.nn.Module, data_yaml: Path, names: list[str], imgsz: int, batch: int, conf: float,
              iou: float, device: str, split: str = "test") -> dict[str, Any]:
     """mAP50, mAP50-95, precision, recall, AP50 per class and the PR curve on ``split`` (default: test)."""
+    offline.no_downloads()  # its dataset check would fetch a font
     from ultralytics.models.yolo.detect import DetectionValidator
 
     with tempfile.TemporaryDirectory(prefix="pipe-val-") as tmp:  # ultralytics insists on a save_dir
@@ -54,6 +56,7 @@ def validate(model: torch.nn.Module, data_yaml: Path, names: list[str], imgsz: i
 
 def detection_predictor(imgsz: int, conf: float, iou: float, device: str, max_det: int = 100) -> Any:
     """ultralytics' ``DetectionPredictor`` as the evaluation runs it (nothing saved, quiet), for any model."""
+    offline.no_downloads()
     from ultralytics.models.yolo.detect import DetectionPredictor
 
     return DetectionPredictor(overrides=dict(conf=conf, iou=iou, imgsz=imgsz, device=_ultra_device(device),

@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
+
+from pipeline.stages.yolo import offline  # before ultralytics: YOLO_OFFLINE is read when it is first imported
+
 from ultralytics.engine import trainer as base_trainer
 from ultralytics.models.yolo.world import train as world_train
 from ultralytics.utils import RANK
@@ -32,6 +35,7 @@ from pipeline.training.state import rng_state, save, set_rng_state
 from pipeline.workspace import YoloFiles
 
 log = logging.getLogger(__name__)
+offline.no_downloads()  # its dataset check fetches a font, its AMP check (CUDA) a model: not at run time
 
 # {"names": [...], "feats": (1, nc, 512)}, written beside data.yaml (``YoloFiles.class_embeddings``)
 CLASS_EMBEDDINGS = YoloFiles(Path()).class_embeddings.name
