@@ -10,6 +10,13 @@ default cannot drift between code and YAML. Layers, later wins:
 5. ``--set key.sub=value`` overrides from the command line (values parsed as YAML)
 
 Every error is one line naming the file and the dotted key.
+
+The training sections (``yolo``, ``sam``, ``classify``) each hold two recipes: the section's own keys are the
+fine-tuning recipe (pretrained weights present), and its ``scratch`` block the keys that the from-scratch recipe
+(random initialisation) changes; ``recipe`` (auto | finetune | scratch) picks one (``pipeline.training.recipes``).
+Per key, the latest layer wins: a layer that sets a section key after the layer that set the same key in its
+``scratch`` block means it for both recipes, so ``--set yolo.epochs=5`` gives 5 epochs whichever recipe runs,
+while ``--set yolo.scratch.epochs=5`` changes only the from-scratch one.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +38,27 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|\d+(,\d+)*)$")
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+RECIPE = Literal["auto", "finetune", "scratch"]
+TRAINING = ("yolo", "sam", "classify")  # the sections with a fine-tuning and a from-scratch recipe
+RECIPE_KEYS = ("recipe", "scratch")  # what a scratch block may not hold: it holds the section's own keys
+
+
+class Recipes(Section):
+    """A training section's recipe choice and the keys its from-scratch recipe changes.
+
+    ``scratch`` is checked at load (``load_config``): the section merged with it must validate as the section.
+    """
+
+    recipe: RECIPE
+    scratch: dict[str, Any]
+    SCRATCH_KEYS: ClassVar[tuple[str, ...] | None] = None  # the keys a scratch block may hold (None: any of the section's)
+
+    @field_validator("scratch", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
 
 
 class PathsConfig(Section):
@@ -102,8 +130,9 @@ class YoloAugment(Section):
     hsv_v: float = Field(ge=0, le=1)
 
 
-class YoloConfig(Section):
+class YoloConfig(Recipes):
     model: Literal["yolov8s-worldv2", "yolov8m-worldv2", "yolov8l-worldv2", "yolov8x-worldv2"]
+    scale: Literal["n", "s", "m", "l", "x"] | None  # built from its yaml at this scale (null: the model's own)
     text_embeddings: str | None
     epochs: int = Field(ge=1)
     imgsz: int = Field(ge=32, multiple_of=32)
@@ -131,7 +160,7 @@ class SamLoss(Section):
     iou: float = Field(ge=0)
 
 
-class SamConfig(Section):
+class SamConfig(Recipes):
     model: Literal["vit_b", "vit_l", "vit_h", "vit_tiny"]
     epochs: int = Field(ge=1)
     batch: int = Field(ge=1)
@@ -161,7 +190,10 @@ class ClassifyCompare(Section):
 LONGTAIL = Literal["none", "balanced_sampling", "effective_number", "balanced_softmax"]
 
 
-class ClassifyConfig(Section):
+class ClassifyConfig(Recipes):
+    # the run-wide overrides of every attempt: the only keys of this section an attempt's variant reads (an attempt's
+    # own from-scratch keys are in its scratch block, configs/classify/)
+    SCRATCH_KEYS = ("epochs", "imgsz", "batch", "longtail")
     attempts: list[str] = Field(min_length=1)
     classes: list[str] | None
     add_train_good: bool
@@ -339,7 +371,12 @@ def load_config(
     for _, layer in layers:
         merged = merge(merged, layer)
     merged["category"] = category
+    for name in TRAINING:
+        if isinstance(merged.get(name), dict):
+            merged[name] = _unshadowed(name, merged[name], layers)
     cfg = validate(Config, merged, layers)
+    for name in TRAINING:
+        check_scratch(getattr(cfg, name), layers, (name,))
     _check_classes(cfg, layers)
     return cfg
 
@@ -347,25 +384,100 @@ def load_config(
 M = TypeVar("M", bound=BaseModel)
 
 
+def _leaves(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The dotted paths a layer sets below ``node`` (an empty mapping sets nothing)."""
+    if isinstance(node, Mapping):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, (*prefix, str(k)))]
+    return [prefix] if prefix else []
+
+
+def _drop(block: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """``block`` less the key at ``path`` (and any mapping that leaves empty)."""
+    head, rest = path[0], path[1:]
+    if head not in block:
+        return block
+    if rest and isinstance(block[head], dict):
+        inner = _drop(block[head], rest)
+        return {**block, head: inner} if inner else {k: v for k, v in block.items() if k != head}
+    return {k: v for k, v in block.items() if k != head}
+
+
+def _unshadowed(name: str, section: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """``section`` with its ``scratch`` block less every key that a later layer set in the section itself.
+
+    The latest statement about a key wins: ``configs/default.yaml`` gives the from-scratch recipe 200 YOLO epochs,
+    a profile or ``--set yolo.epochs=5`` that comes after it means its value for both recipes, and a layer that
+    wants a from-scratch value of its own sets ``yolo.scratch.epochs`` too (in the same layer, the scratch value
+    applies to the from-scratch recipe)."""
+    block = section.get("scratch")
+    if not isinstance(block, dict) or not block:
+        return section
+    own: dict[tuple[str, ...], int] = {}
+    scratch: dict[tuple[str, ...], int] = {}
+    for i, (_, layer) in enumerate(layers):
+        part = layer.get(name)
+        if not isinstance(part, Mapping):
+            continue
+        for leaf in _leaves({k: v for k, v in part.items() if k not in RECIPE_KEYS}):
+            own[leaf] = i
+        for leaf in _leaves(part.get("scratch")):
+            scratch[leaf] = i
+    for leaf, at in scratch.items():
+        if any(later > at and (key[:len(leaf)] == leaf or leaf[:len(key)] == key) for key, later in own.items()):
+            block = _drop(block, leaf)
+    return {**section, "scratch": block}
+
+
+def check_scratch(section: Section, layers: list[tuple[str, dict[str, Any]]], where: tuple[str, ...]) -> None:
+    """The section merged with its ``scratch`` block must validate as the section; ``where`` is the section's key
+    path in the layers (``("yolo",)``), so the one-line error names the layer and ``yolo.scratch.<key>``."""
+    block = section.scratch
+    for key in RECIPE_KEYS:
+        if key in block:
+            loc = [*where, "scratch", key]
+            source = next((n for n, layer in reversed(layers) if _has_key(layer, loc)), layers[0][0])
+            raise ConfigError(f"{source}: {'.'.join(loc)}: a scratch block holds the section's own settings (the "
+                              f"values its from-scratch recipe changes), not {key!r}")
+    allowed = getattr(type(section), "SCRATCH_KEYS", None)
+    for key in block:
+        if allowed is not None and key not in allowed:
+            loc = [*where, "scratch", key]
+            source = next((n for n, layer in reversed(layers) if _has_key(layer, loc)), layers[0][0])
+            raise ConfigError(f"{source}: {'.'.join(loc)}: the from-scratch recipe changes only {', '.join(allowed)} "
+                              f"here (got {key!r})")
+    try:
+        type(section).model_validate(merge(section.model_dump(), block))
+    except ValidationError as exc:
+        raise _error(exc, layers, [*where, "scratch"]) from None
+
+
 def validate(model: type[M], merged: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> M:
     """Validate merged layers; the one error names the layer (file or --set) that set the bad key."""
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [p for p in err["loc"]]
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        source = next((name for name, layer in reversed(layers) if _has_key(layer, loc)), layers[0][0])
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key (typo? see {layers[0][0]} for every key)"
-        elif err["type"] == "missing":
-            source = layers[0][0]
-            msg = f"missing key (every key needs a default in {layers[0][0]})"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            if "(got " not in msg:  # a validator that already quotes the value it rejects says it better
-                msg += f" (got {err.get('input')!r})"
-        raise ConfigError(f"{source}: {key}: {msg}") from None
+        raise _error(exc, layers) from None
+
+
+def _error(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]], prefix: Sequence[str] = ()) -> ConfigError:
+    """The first validation error as one line naming the layer that set the key (``prefix``: where the validated
+    mapping sits in the layers, e.g. ``yolo.scratch``)."""
+    err = exc.errors()[0]
+    loc = [*prefix, *err["loc"]]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    source = next((name for name, layer in reversed(layers) if _has_key(layer, loc)), None)
+    if source is None:  # a check of the whole mapping (no key of its own): the layer that set the mapping
+        source = next((name for name, layer in reversed(layers) if prefix and _has_key(layer, prefix)), layers[0][0])
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key (typo? see {layers[0][0]} for every key)"
+    elif err["type"] == "missing":
+        source = layers[0][0]
+        msg = f"missing key (every key needs a default in {layers[0][0]})"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+        if "(got " not in msg:  # a validator that already quotes the value it rejects says it better
+            msg += f" (got {err.get('input')!r})"
+    return ConfigError(f"{source}: {key}: {msg}")
 
 
 def _check_classes(cfg: Config, layers: list[tuple[str, dict[str, Any]]]) -> None:

@@ -74,3 +74,34 @@ def panels(images: Sequence[Any], titles: Sequence[str], title: str, path: Path)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))  # below the figure's title
     return _save(fig, path)
+
+
+def curves(history: Sequence[dict[str, Any]], losses: Sequence[str], metric: str, title: str, path: Path,
+           metric_label: str | None = None) -> Path:
+    """Training curves per epoch: the named ``losses`` (left axis) and the val ``metric`` (right axis, 0 to 1),
+    from a history of per-epoch rows (each with ``epoch``); a key missing from every row is left out."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
+    epochs = [r["epoch"] for r in history]
+    for key in losses:
+        values = [r.get(key) for r in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, [float("nan") if v is None else v for v in values], label=key.replace("_", " "))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    values = [r.get(metric) for r in history]
+    right.plot(epochs, [float("nan") if v is None else v for v in values], color="black", linestyle="--", marker=".",
+               label=metric_label or metric.replace("_", " "))
+    right.set_ylim(0, 1.02)
+    right.set_ylabel(metric_label or metric.replace("_", " "))
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

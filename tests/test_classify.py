@@ -76,7 +76,9 @@ def test_each_attempt_trains_and_evaluates_end_to_end(cls_dataset, tmp_path, att
     assert probs.argmax(1).tolist() == recorded["pred"] and labels.tolist() == recorded["label"]
     assert (tmp_path / "out" / "confusion" / f"{attempt}.png").stat().st_size > 1000
     table = (tmp_path / "out" / "attempts.md").read_text()
-    assert f"| {attempt} | 32×32 |" in table and "Best attempt: " + attempt in table
+    # random init: the attempt's from-scratch variant ran, and its row says what that changed
+    assert f"| {attempt} | scratch (" in table and "| 32×32 |" in table and "Best attempt: " + attempt in table
+    assert entry["recipe"]["name"] == "scratch" and entry["hyperparameters"]["recipe"] == "scratch"
 
 
 def test_folds_compare_and_cli(cls_dataset, tmp_path):

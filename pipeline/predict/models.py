@@ -210,12 +210,13 @@ class Segmenter:
 def sam_base(record: dict[str, Any], cfg: Config) -> tuple[Any, int]:
     """The SAM the decoder was trained on: the architecture and base weights its run recorded, verified, and
     that run's seed (a random-init encoder is rebuilt from it)."""
-    from pipeline.stages.sam.model import locate
+    from pipeline.stages.sam.model import from_scratch, locate
 
     arch = record["config"]["sam"]["model"]
     seed = int(record["weights"].get("seed", record["config"].get("seed", 0)))
-    source = locate(arch, Path(cfg.paths.weights), cfg.allow_random_init or not record["weights"]["pretrained"],
-                    seed)
+    if not record["weights"]["pretrained"]:  # trained on a seeded random encoder, even where a checkpoint exists
+        return from_scratch(arch, seed), seed
+    source = locate(arch, Path(cfg.paths.weights), cfg.allow_random_init, seed)
     want = record["weights"].get("sha256")
     if want and source.provenance.get("sha256") != want:
         raise ModelError(f"{source.checkpoint or arch}: not the SAM base weights the decoder was trained on "

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import TRAINING, Config
 from pipeline.errors import PipeError
 from pipeline.io import read_json, write_json, write_text
 from pipeline.provenance import STAND_IN_TEXT_EMBEDDINGS, merge, provenance
@@ -97,6 +97,7 @@ def headline_numbers(loaded: dict[str, dict[str, Any] | None], notes: list[str],
         "category": next((m["category"] for m in loaded.values() if m and "category" in m), None),
         "measured": ran, "not_run": [k for k in ORDER if k not in ran],
         "meaningful": merged(loaded)["meaningful"], "caveats": notes,
+        "recipes": {k: (loaded[k].get("recipe") or {}).get("name") for k in TRAINING if loaded.get(k)},
         "detection": None if y is None else {
             "map50_zero_shot": y["zero_shot"]["map50"], "map50_finetuned": y["finetuned"]["map50"],
             "map50_95_zero_shot": y["zero_shot"]["map50_95"], "map50_95_finetuned": y["finetuned"]["map50_95"]},
@@ -200,9 +201,9 @@ def build_report(cfg: Config, out: Path | None = None, ws: Workspace | None = No
     sections.headline(doc, cfg.category, measured(loaded), notes, data_kinds(loaded) == {"real"})
     sections.dataset(doc, loaded["stats"], cfg.category)
     sections.converted(doc, loaded["convert"], cfg.category)
-    sections.detection(doc, loaded["yolo"], files.pr_curve, cfg.category)
-    sections.segmentation(doc, loaded["sam"], cfg.category)
-    sections.classification(doc, loaded["classify"], cfg.category)
+    sections.detection(doc, loaded["yolo"], files.pr_curve, cfg.category, files.curves("yolo"))
+    sections.segmentation(doc, loaded["sam"], cfg.category, files.curves("sam"))
+    sections.classification(doc, loaded["classify"], cfg.category, files.curves("classify"))
     sections.anomaly(doc, loaded["anomaly"], cfg.category)
     splits = _load("convert", ws.dataset.splits, cfg.category)
     versus = comparison_inputs(ws, loaded, cfg.category, splits)

@@ -13,7 +13,7 @@ from pipeline import plots
 from pipeline.registry import STAGES
 from pipeline.report.compare import Comparison, PixelComparison, Spread, verdicts
 from pipeline.report.document import Document, cell
-from pipeline.stages.classify.report import attempts_rows, recall_rows
+from pipeline.stages.classify.report import attempts_rows, changes_text, recall_rows
 
 Stage = dict[str, Any] | None
 
@@ -108,10 +108,43 @@ def converted(doc: Document, report: Stage, category: str) -> None:
         ["YOLO-seg polygon IoU, minimum", f.get("yolo_seg_iou_min")], ["YOLO boxes exact", f.get("yolo_boxes_exact")]])
 
 
-def detection(doc: Document, yolo: Stage, pr_curve: Path, category: str) -> None:
+RECIPES = {"finetune": "fine-tuning", "scratch": "from scratch"}
+
+
+def recipe(doc: Document, stage: dict[str, Any], what: str = "") -> None:
+    """The recipe the stage ran (fine-tuning or from scratch), why, and what the from-scratch one changed."""
+    r = stage.get("recipe")
+    if not r:
+        return doc.text("Recipe: not recorded (an output written before recipes were; rerun the stage).")
+    changed = r.get("changes") or {}
+    if what:  # classification: one set of changes per attempt, shown in the attempts table
+        detail = f" {what}"
+    else:
+        detail = f"; it changed {changes_text(changed)}" if changed else ""
+    doc.text(f"Recipe: **{RECIPES.get(r['name'], r['name'])}** ({r['why']}){detail}.")
+
+
+def training_curves(doc: Document, history: list[dict[str, Any]] | None, losses: list[str], metric: str,
+                    title: str, path: Path | None, caption: str) -> None:
+    """Loss and val metric per epoch, drawn from the history the stage recorded (nothing when it recorded none)."""
+    if not history or path is None:
+        return
+    doc.images([plots.curves(history, losses, metric, title, path)], caption)
+
+
+def _recipe_name(stage: dict[str, Any]) -> str:
+    return RECIPES.get((stage.get("recipe") or {}).get("name", ""), "training")
+
+
+def detection(doc: Document, yolo: Stage, pr_curve: Path, category: str, curves: Path | None = None) -> None:
     doc.heading("Detection (YOLO-World)")
     if yolo is None:
         return _missing(doc, "yolo", category)
+    recipe(doc, yolo)
+    w = yolo.get("weights") or {}
+    if w.get("built_from"):
+        doc.text(f"Model: `{w['name']}` (scale {w.get('scale')}) built from `{w['built_from']}`, randomly initialised"
+                 + (f"; {w['note']}" if w.get("note") else "") + ".")
     z, f = yolo["zero_shot"], yolo["finetuned"]
     doc.table(["model", "mAP50", "mAP50-95", "precision", "recall", "test images", "instances"],
               [[name, m["map50"], m["map50_95"], m["precision"], m["recall"], m["images"], m["instances"]]
@@ -122,12 +155,16 @@ def detection(doc: Document, yolo: Stage, pr_curve: Path, category: str) -> None
     pr = plots.pr_curves({"zero-shot": z["pr_curve"], "fine-tuned": f["pr_curve"]},
                          "Detection PR curve (test split, IoU 0.5, mean over classes)", pr_curve)
     doc.images([pr], "Precision-recall on the test split, before and after fine-tuning")
+    training_curves(doc, (yolo.get("train") or {}).get("history"), ["box_loss", "cls_loss", "dfl_loss"], "val_map50",
+                    f"YOLO-World, {_recipe_name(yolo)}: train losses and val mAP50", curves,
+                    "Detection training per epoch: ultralytics' train losses (left) and val mAP50 (right, dashed)")
 
 
-def segmentation(doc: Document, sam: Stage, category: str) -> None:
+def segmentation(doc: Document, sam: Stage, category: str, curves: Path | None = None) -> None:
     doc.heading("Segmentation (SAM)")
     if sam is None:
         return _missing(doc, "sam", category)
+    recipe(doc, sam)
     modes = [("zero-shot, true boxes", sam["zero_shot"]), ("fine-tuned, true boxes", sam["finetuned"])]
     if sam.get("detector_prompted"):
         modes.append(("fine-tuned, YOLO boxes", sam["detector_prompted"]))
@@ -141,12 +178,17 @@ def segmentation(doc: Document, sam: Stage, category: str) -> None:
     if not sam.get("detector_prompted"):
         doc.text("Detector-prompted segmentation needs the YOLO detections: run `pipe finetune yolo` first.")
     doc.bullets([f"Caveat: {c}" for c in sam["zero_shot"].get("caveats", [])])
+    training_curves(doc, (sam.get("train") or {}).get("history"), ["loss", "focal", "dice", "iou_mse"], "val_iou",
+                    f"SAM, {_recipe_name(sam)}: train loss and val IoU", curves,
+                    "Segmentation training per epoch: the weighted loss and its parts (left) and val instance IoU with "
+                    "true boxes (right, dashed)")
 
 
-def classification(doc: Document, cls: Stage, category: str) -> None:
+def classification(doc: Document, cls: Stage, category: str, curves: Path | None = None) -> None:
     doc.heading("Classification (good vs each defect)")
     if cls is None:
         return _missing(doc, "classify", category)
+    recipe(doc, cls, "(per attempt: what each attempt's recipe changed is in its row of the table)")
     doc.text(f"Images: {', '.join(f'{k} {v}' for k, v in cls['images'].items())}; classes: "
              f"{', '.join(cls['classes'])}.")
     doc.table(*attempts_rows(cls["attempts"]))
@@ -166,6 +208,15 @@ def classification(doc: Document, cls: Stage, category: str) -> None:
     plots_ = cls.get("confusion_plots", {})
     doc.images([Path(p) for k, p in plots_.items() if k.endswith("-cv")] or [Path(p) for p in plots_.values()],
                "Confusion matrices (rows true, columns predicted)")
+    best = next((a for a in cls["attempts"] if a["id"] == (cls.get("summary") or {}).get("best")), None)
+    if best:
+        history = best["split"].get("history") or []
+        metric = "val_macro_f1" if any(r.get("val_macro_f1") is not None for r in history) else "val_acc"
+        title = (f"Attempt {best['id']}, {_recipe_name(best)}: loss and val "
+                 + ("macro-F1" if metric == "val_macro_f1" else "accuracy"))
+        training_curves(doc, history, ["train_loss", "val_loss"], metric, title, curves,
+                        f"Classification training per epoch, best attempt {best['id']} on the shared split: train and "
+                        "val loss (left) and the val selection metric (right, dashed)")
 
 
 def _pct(value: float | None) -> str:

@@ -5,6 +5,12 @@ augmentation, long-tail method). The ``classify`` section of the main config may
 size, batch and long-tail method for every attempt at once (profiles use that to shrink a run); a changed
 epoch count scales the recipe's epoch-counted schedule (stage-one length, unfreezing interval, restart
 period, plateau patience) with it, so a 4-epoch run of attempt A still unfreezes its backbone.
+
+Each attempt has a fine-tuning variant (its own keys) and a from-scratch one: its ``scratch`` block (defaults in
+``base.yaml``, an attempt file may add its own) merged over it, then the run-wide overrides, taken from the
+``classify`` section merged with *its* ``scratch`` block. The from-scratch variant keeps the attempt's identity
+(backbones, head, scheduler, loss, augmentation, MixUp, long-tail method); a scratch block may not change
+``backbones`` or ``name``. ``classify.recipe`` picks the variant (``pipeline.training.recipes``).
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config import CONFIG_DIR, LONGTAIL, ClassifyConfig, Section, merge, read_yaml, validate
+from pipeline.config import CONFIG_DIR, LONGTAIL, ClassifyConfig, Section, check_scratch, merge, read_yaml, validate
 from pipeline.errors import ConfigError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "vit_b_16")
+IDENTITY = ("backbones", "name", "id", "source")  # what a from-scratch variant keeps: it is the same attempt
 ATTEMPT_DIR = CONFIG_DIR / "classify"
 
 
@@ -62,6 +69,8 @@ class Attempt(Section):
     mixup: float = Field(ge=0)
     longtail: LONGTAIL
     effective_beta: float = Field(ge=0, lt=1)
+    scratch: dict[str, Any] = Field(default_factory=dict)  # the keys the from-scratch variant changes
+    recipe: Literal["finetune", "scratch"] = "finetune"  # which variant this is (set by ``load_attempt``)
 
     @field_validator("backbones")
     @classmethod
@@ -79,7 +88,8 @@ class Attempt(Section):
 
     def hyperparameters(self) -> dict[str, Any]:
         """What the attempts table and the summary compare, flattened."""
-        return {"backbone": " + ".join(self.backbones), "head": self.head.kind, "epochs": self.epochs,
+        return {"recipe": self.recipe, "backbone": " + ".join(self.backbones), "head": self.head.kind,
+                "epochs": self.epochs,
                 "batch": self.batch, "imgsz": self.imgsz, "lr_backbone": self.lr_backbone, "lr_head": self.lr_head,
                 "optimizer": "AdamW", "weight_decay": self.weight_decay,
                 "two_stage": self.freeze_epochs > 0, "gradual_unfreeze": self.unfreeze_every > 0,
@@ -99,20 +109,36 @@ def _attempt_file(name: str) -> Path:
     return path
 
 
-def load_attempt(name: str, c: ClassifyConfig, longtail: str | None = None) -> Attempt:
-    """One attempt with the run-wide overrides applied; ``longtail`` (the comparison) wins over both."""
+def load_attempt(name: str, c: ClassifyConfig, longtail: str | None = None, scratch: bool = False) -> Attempt:
+    """One attempt with the run-wide overrides applied; ``longtail`` (the comparison) wins over both. ``scratch``:
+    its from-scratch variant (its scratch block, then the run-wide overrides of ``c`` merged with its own)."""
+    from pipeline.training.recipes import with_scratch
+
     base = ATTEMPT_DIR / "base.yaml"
     path = _attempt_file(name)
     layers: list[tuple[str, dict[str, Any]]] = [(str(base), read_yaml(base)), (str(path), read_yaml(path))]
     recipe = merge(layers[0][1], layers[1][1])
+    if scratch:
+        block = recipe.get("scratch")
+        recipe = merge(recipe, block) if isinstance(block, dict) else recipe
+        c = with_scratch(c)
     overrides = {k: v for k, v in {"epochs": c.epochs, "imgsz": c.imgsz, "batch": c.batch,
                                    "longtail": longtail or c.longtail}.items() if v is not None}
     if c.epochs is not None and isinstance(recipe.get("epochs"), int) and recipe["epochs"] != c.epochs:
         overrides.update(_rescaled(recipe, c.epochs / recipe["epochs"]))
     if overrides:
         layers.append(("classify section of the config", overrides))
-    merged = {**merge(recipe, overrides), "id": Path(name).stem, "source": str(path)}
-    return validate(Attempt, merged, layers)
+    merged = {**merge(recipe, overrides), "id": Path(name).stem, "source": str(path),
+              "recipe": "scratch" if scratch else "finetune"}
+    attempt = validate(Attempt, merged, layers)
+    if not scratch:  # the from-scratch variant must validate too, before any training
+        for key in IDENTITY:
+            if key in attempt.scratch:
+                source = next((n for n, layer in reversed(layers) if key in (layer.get("scratch") or {})), str(path))
+                raise ConfigError(f"{source}: scratch.{key}: an attempt's from-scratch variant keeps its {key} (it is "
+                                  "the same attempt from a random initialisation); write another attempt file instead")
+        check_scratch(attempt, layers, ())
+    return attempt
 
 
 def _rescaled(recipe: dict[str, Any], ratio: float) -> dict[str, Any]:

@@ -24,15 +24,37 @@ def weights_label(weights: list[dict[str, Any]]) -> str:
     return " + ".join(f"ImageNet ({w['enum'].split('.')[-1]})" if w["pretrained"] else "random init" for w in weights)
 
 
+def _value(v: Any) -> str:
+    """A config value as YAML writes it (``0.001``, ``true``, ``null``)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:g}" if isinstance(v, float) else "null" if v is None else str(v)
+
+
+def changes_text(changes: dict[str, Any]) -> str:
+    """A recipe's changes as ``key old → new, ...``."""
+    return ", ".join(f"{k} {_value(a)} → {_value(b)}" for k, (a, b) in changes.items())
+
+
+def recipe_label(recipe: dict[str, Any] | None) -> str:
+    """``finetune``, or ``scratch`` and what its variant changed (``key old → new``); ``–`` for an output written
+    before recipes were recorded."""
+    if not recipe:
+        return "–"
+    changed = changes_text(recipe.get("changes") or {})
+    return recipe["name"] + (f" ({changed})" if changed else "")
+
+
 def attempts_rows(attempts: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The coursework table, one row per attempt, plus test macro-F1 and the cross-validated numbers."""
-    header = ["id", "resize", "epochs", "lr (backbone / head)", "optimizer", "batch size", "backbone", "weights",
+    """The coursework table, one row per attempt, plus test macro-F1 and the cross-validated numbers. The recipe
+    column says which variant ran (fine-tuning or from scratch) and, for a from-scratch one, what it changed."""
+    header = ["id", "recipe", "resize", "epochs", "lr (backbone / head)", "optimizer", "batch size", "backbone", "weights",
               "train loss / acc", "val loss / acc", "test acc", "test macro-F1", "CV acc (mean ± std)", "CV macro-F1"]
     rows = []
     for a in attempts:
         h, s = a["hyperparameters"], a["split"]
         cv = a.get("cv") or {}
-        rows.append([a["id"], f"{h['imgsz']}×{h['imgsz']}", f"{h['epochs']} (best {s['best_epoch']})",
+        rows.append([a["id"], recipe_label(a.get("recipe")), f"{h['imgsz']}×{h['imgsz']}", f"{h['epochs']} (best {s['best_epoch']})",
                      f"{h['lr_backbone']:g} / {h['lr_head']:g}", h["optimizer"], str(h["batch"]), h["backbone"],
                      weights_label(a["weights"]), f"{_f(s['train']['epoch_loss'])} / {_f(s['train']['epoch_acc'])}",
                      f"{_f(s['val']['loss'])} / {_f(s['val']['accuracy'])}", _f(s["test"]["accuracy"]),

@@ -4,6 +4,8 @@ Jobs are (attempt, long-tail variant, fold). Each finished job is written to ``r
 at once, so ``--resume`` after an interruption redoes only the unfinished ones: a job interrupted part-way
 is trained again from its start, and since every job starts from the same seed, the resumed run's results
 equal an uninterrupted one's. A resume under other settings, recipes or data is refused (``run_inputs.json``).
+Each attempt runs its fine-tuning or its from-scratch variant (``classify.recipe``; auto: fine-tuning only when
+every backbone of the attempt has ImageNet weights), recorded in its entry and in the attempts table.
 Under ``torchrun`` every process trains every job on its shard; rank 0 writes. ``metrics.json`` and
 ``attempts.md`` come last.
 """
@@ -27,8 +29,9 @@ from pipeline.stages.classify.data import Fold, ImageCache, Labelled, load_label
 from pipeline.stages.classify.models import build, provenance, resolve_backbones
 from pipeline.stages.classify.train import Options, fit
 from pipeline.stages.common import Phases, attest, guard_resume, start, training_data
-from pipeline.training import distributed
+from pipeline.training import distributed, recipes
 from pipeline.training.state import save, seed_everything
+from pipeline.training.recipes import Recipe
 from pipeline.weights import Resolved
 from pipeline.workspace import ClassifyFiles, Dataset
 
@@ -50,13 +53,36 @@ class Runner:
         self.weights.update(resolve_backbones(missing, Path(self.cfg.paths.weights), self.cfg.allow_random_init))
         return self.weights
 
-    def job(self, a: Attempt, fold: Fold, tag: str) -> dict[str, Any]:
+    def choose(self, name: str, longtail: str | None = None) -> Recipe[Attempt]:
+        """The variant of attempt ``name`` that runs: fine-tuning when every backbone of it has pretrained weights
+        (``classify.recipe: auto``), else from scratch; or the one ``classify.recipe`` forces."""
+        c = self.cfg.classify
+        finetune = load_attempt(name, c, longtail)
+        weights = self.resolve([finetune])
+        pretrained = all(not weights[b].random_init for b in finetune.backbones)
+        return recipes.choose(finetune, pretrained, key="classify", mode=c.recipe,
+                              scratch=load_attempt(name, c, longtail, scratch=True))
+
+    def starting(self, recipe: Recipe[Attempt]) -> tuple[dict[str, Resolved], list[dict[str, Any]]]:
+        """What each backbone of the attempt starts from, and its weights records: the ImageNet weights, or (from
+        scratch) a random initialisation, noted where pretrained weights were present but not used."""
+        start, records = {}, []
+        for b in recipe.section.backbones:
+            found = self.weights[b]
+            unused = recipe.scratch and found.path is not None
+            start[b] = Resolved(found.spec, None, "random-init", None) if unused else found
+            note = {"note": f"pretrained weights present ({found.path}) but not used: from-scratch recipe, "
+                            f"{recipe.why}"} if unused else {}
+            records.append({**provenance(start[b]), **note})
+        return start, records
+
+    def job(self, a: Attempt, weights: dict[str, Resolved], fold: Fold, tag: str) -> dict[str, Any]:
         path = self.files.fold_record(tag, fold.name)
         if self.resume and path.is_file():
             log.info(f"{tag} {fold.name}: finished earlier, reusing {path}")
             return read_json(path)
         seed_everything(self.o.seed)  # every job starts alike: a job redone after an interruption gives the same result
-        model = build(a, len(self.data.classes), self.weights)
+        model = build(a, len(self.data.classes), weights)
         result = fit(model, a, fold, self.data.classes, self.cache, self.o, self.d, label=f"{tag} {fold.name}")
         if self.d.main:
             if fold.name == "split":  # under the job's tag: a long-tail variant of A must not overwrite A's weights
@@ -66,13 +92,15 @@ class Runner:
             write_json(path, result)
         return result
 
-    def protocol(self, a: Attempt, tag: str, folds: list[Fold]) -> dict[str, Any]:
+    def protocol(self, recipe: Recipe[Attempt], tag: str, folds: list[Fold]) -> dict[str, Any]:
         """The shared split, then every fold; returns the attempt's entry for metrics.json."""
+        a = recipe.section
         self.resolve([a])  # its jobs may all have finished before a resume
-        split = self.job(a, shared_split(self.data, self.cfg.classify.add_train_good), tag)
-        results = [self.job(a, f, tag) for f in folds]
-        entry = {"id": a.id, "tag": tag, "name": a.name, "config": a.source, "hyperparameters": a.hyperparameters(),
-                 "weights": [provenance(self.weights[b]) for b in a.backbones], "split": _compact(split),
+        weights, records = self.starting(recipe)
+        split = self.job(a, weights, shared_split(self.data, self.cfg.classify.add_train_good), tag)
+        results = [self.job(a, weights, f, tag) for f in folds]
+        entry = {"id": a.id, "tag": tag, "name": a.name, "config": a.source, "recipe": recipe.record,
+                 "hyperparameters": a.hyperparameters(), "weights": records, "split": _compact(split),
                  "best_weights": split.get("best_weights"), "cv": None,
                  "wall_s": round(split["wall_s"] + sum(r["wall_s"] for r in results), 3),
                  "images_per_s": split["images_per_s"]}
@@ -88,6 +116,15 @@ class Runner:
                                         for r in results],
                            "pooled": pooled}
         return entry
+
+
+def recipe_record(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's ``recipe``: the attempts' common recipe and why (else ``mixed``, ``per attempt``), and what each
+    attempt's recipe changed, by attempt id."""
+    names = list(dict.fromkeys(e["recipe"]["name"] for e in entries))
+    whys = list(dict.fromkeys(e["recipe"]["why"] for e in entries))
+    return {"name": names[0] if len(names) == 1 else "mixed", "why": whys[0] if len(whys) == 1 else "per attempt",
+            "changes": {e["id"]: e["recipe"]["changes"] for e in entries}}
 
 
 def _compact(result: dict[str, Any]) -> dict[str, Any]:
@@ -111,12 +148,16 @@ def run_classify(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool =
     files = ClassifyFiles(out)
     phases = Phases()
     d, device, record = start("classify", cfg, dataset)
-    attempts = load_attempts(c)  # every config error before any training
+    load_attempts(c)  # every config error (both variants of every attempt) before any training
     data = load_labelled(dataset, c.classes, with_train_good=c.add_train_good)
     folds = stratified_folds(data, c.folds, cfg.seed, c.add_train_good) if c.folds else []
     o = Options(device, cfg.seed, c.select, c.amp, c.channels_last, c.workers)
     runner = Runner(cfg, data, out, o, d, resume)
-    weights = runner.resolve(attempts)
+    chosen = [runner.choose(name) for name in c.attempts]
+    for r in chosen:
+        r.announce(log, label=f"attempt {r.section.id}")
+    attempts = [r.section for r in chosen]
+    weights = runner.weights
     # before anything in ``out`` is removed: a refused --resume leaves the interrupted run as it was
     guard_resume("classify", cfg, out, d.main, resume, {
         **training_data(dataset, [dataset.splits],
@@ -133,9 +174,9 @@ def run_classify(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool =
              f"images {counts}; classes {data.classes}")
 
     entries = []
-    for a in attempts:
-        with phases(f"attempt_{a.id}"):
-            entries.append(runner.protocol(a, a.id, folds))
+    for r in chosen:
+        with phases(f"attempt_{r.section.id}"):
+            entries.append(runner.protocol(r, r.section.id, folds))
     compare = None
     if c.compare is not None:
         with phases("compare"):
@@ -159,7 +200,7 @@ def run_classify(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool =
             figures[f"{e['id']}-cv"] = str(plots.confusion(
                 e["cv"]["pooled"]["confusion"], data.classes, f"{e['id']}: pooled {e['cv']['folds']} folds",
                 files.confusion(e["id"], cv=True)))
-    metrics = {**record, "classes": data.classes, "images": counts, "folds": c.folds, "attempts": entries,
+    metrics = {**record, "recipe": recipe_record(entries), "classes": data.classes, "images": counts, "folds": c.folds, "attempts": entries,
                "compare": compare, "summary": facts, "summary_text": text, "caveats": caveats,
                "confusion_plots": figures, "processes": d.world,
                "cache": {"enabled": runner.cache.enabled, "hits": runner.cache.hits, "misses": runner.cache.misses},
@@ -179,9 +220,8 @@ def _compare(runner: Runner, entry: dict[str, Any], attempt_id: str, method: str
     for side, longtail in (("without", "none"), ("with", method)):
         if own == longtail:
             variants[side] = entry
-        else:
-            a = load_attempt(name, runner.cfg.classify, longtail=longtail)
-            variants[side] = runner.protocol(a, f"{attempt_id}+{longtail}", folds)
+        else:  # the same recipe as the attempt's (the same backbones, so the same weights decide it)
+            variants[side] = runner.protocol(runner.choose(name, longtail), f"{attempt_id}+{longtail}", folds)
     (without, basis), (with_, _) = _recall(variants["without"]), _recall(variants["with"])
     return {"attempt": attempt_id, "method": method, "basis": basis, "without": without, "with": with_,
             "runs": {side: v["tag"] for side, v in variants.items()},

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from pipeline.weights import resolve
+from pipeline.weights import Resolved, get_spec, resolve
 
 REGISTRY_NAMES = {"vit_b": "sam_vit_b", "vit_l": "sam_vit_l", "vit_h": "sam_vit_h"}
 
@@ -56,6 +56,17 @@ def locate(arch: str, weights_dir: Path, allow_random_init: bool, seed: int) -> 
                                       "sha256": None, "seed": seed, "note": "test-sized SAM; no published weights"})
     r = resolve(REGISTRY_NAMES[arch], weights_dir, allow_random_init)
     return SamSource(arch, r.path, {**r.provenance, "seed": seed})
+
+
+def from_scratch(arch: str, seed: int, note: str = "") -> SamSource:
+    """``arch`` with seeded random weights, whether or not its checkpoint is present (a from-scratch recipe)."""
+    if arch == "vit_tiny":
+        record = locate(arch, Path("."), True, seed).provenance
+    else:
+        record = {**Resolved(get_spec(REGISTRY_NAMES[arch]), None, "random-init", None).provenance, "seed": seed}
+    if note:
+        record["note"] = "; ".join(n for n in (record.get("note"), note) if n)
+    return SamSource(arch, None, record)
 
 
 def build(source: SamSource, seed: int = 0) -> Sam:

@@ -1,6 +1,7 @@
 """``pipe finetune sam``: zero-shot SAM, decoder fine-tuning, and test-split IoU/Dice/mask AP per prompting mode.
 
-Phases, each timed: load the splits' COCO instances and the model; score the untouched model with
+Phases, each timed: load the splits' COCO instances and the model (the recipe, fine-tuning or from scratch, is
+chosen from whether the configured model's checkpoint resolved: ``pipeline.training.recipes``); score the untouched model with
 ground-truth boxes (the baseline, also filling the embedding cache for the test images); fine-tune
 (``train.fit``); score the best decoder with ground-truth boxes and, when the YOLO stage has run, with
 its detections; write overlays and ``metrics.json`` last. Under ``torchrun`` every process trains and
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, dump
 from pipeline.console import LOUD
 from pipeline.fetch import file_digest
 from pipeline.io import atomic_dir, read_json, write_json
@@ -27,10 +28,10 @@ from pipeline.stages.common import Phases, attest, guard_resume, start, training
 from pipeline.stages.sam import evaluate
 from pipeline.stages.sam.cache import EmbeddingCache
 from pipeline.stages.sam.data import load_split
-from pipeline.stages.sam.model import build, locate
+from pipeline.stages.sam.model import SamSource, build, from_scratch, locate
 from pipeline.stages.sam.predictor import Predictor
 from pipeline.stages.sam.train import fit
-from pipeline.training import distributed
+from pipeline.training import distributed, recipes
 from pipeline.training.state import seed_everything
 from pipeline.workspace import Dataset, SamFiles, Workspace
 
@@ -47,11 +48,26 @@ def cache_dir(cfg: Config) -> Path:
     return Workspace.from_config(cfg).sam_cache
 
 
+def starting_point(cfg: Config) -> tuple[recipes.Recipe, SamSource]:
+    """The recipe and the SAM it trains: the configured model's checkpoint is looked up first (e.g. vit_b); with it,
+    fine-tuning; without it (a random initialisation), the from-scratch recipe and its model (vit_tiny by default)."""
+    s = cfg.sam
+    found = locate(s.model, Path(cfg.paths.weights), cfg.allow_random_init, cfg.seed)
+    recipe = recipes.choose(s, bool(found.provenance.get("pretrained")))
+    recipe.announce(log)
+    model = recipe.section.model
+    if recipe.unused_weights:
+        return recipe, from_scratch(model, cfg.seed, f"pretrained {s.model} weights present ({found.checkpoint}) but "
+                                                     f"not used: {recipe.why}")
+    if model != s.model:
+        return recipe, from_scratch(model, cfg.seed)
+    return recipe, found
+
+
 def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bool = False,
                      detections: Path | None = None,
                      on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """Run the stage; return the metrics written to ``out/metrics.json`` (None on ranks other than 0)."""
-    s = cfg.sam
     out, dataset = Path(out), Dataset.of(dataset)
     files = SamFiles(out)
     phases = Phases()
@@ -60,7 +76,10 @@ def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bo
     with phases("setup"):
         items = {split: load_split(dataset, split) for split in ("train", "val", "test")}
         names = items["test"][1]
-        source = locate(s.model, Path(cfg.paths.weights), cfg.allow_random_init, cfg.seed)
+        recipe, source = starting_point(cfg)
+        cfg = cfg.model_copy(update={"sam": recipe.section})  # from here on, the settings of the recipe that runs
+        s = cfg.sam
+        record = {**record, "config": dump(cfg)}
         sam = build(source, cfg.seed).to(device).eval()
         predictor = Predictor(sam, s.amp)
         cache = EmbeddingCache(cache_dir(cfg), source.key, s.cache)
@@ -68,7 +87,7 @@ def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bo
     guard_resume("sam", cfg, out, d.main, resume, {
         **training_data(dataset, [dataset.splits, *(dataset.coco.annotations(x) for x in items)],
                         ((f"{x}/{it.name}", it.digest) for x, (its, _) in items.items() for it in its)),
-        "weights": source.key}, ignore=["sam.cache_dir"])
+        "weights": source.key}, extra={"recipe": recipe.name}, ignore=["sam.cache_dir", "sam.scratch", "sam.recipe"])
     if d.main and not resume:
         for stale in (files.last, files.decoder):
             stale.unlink(missing_ok=True)
@@ -120,6 +139,7 @@ def run_finetune_sam(cfg: Config, dataset: Dataset | Path, out: Path, resume: bo
             overlays = evaluate.write_overlays(tmp, test, masks, names, s.overlays)
     metrics = {
         **attest(record, [source.provenance]),
+        "recipe": recipe.record,
         "weights": source.provenance,
         "zero_shot": zero_shot,
         "finetuned": finetuned,

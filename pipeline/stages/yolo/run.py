@@ -1,9 +1,10 @@
 """``pipe finetune yolo``: zero-shot baseline, fine-tuning with ultralytics' trainer, test-split evaluation.
 
-Phases, each timed: resolve the weights and the prompt embeddings; score the untouched model on the test
-split (the baseline); fine-tune on train with val for model selection (``PromptWorldTrainer``); score the
-best checkpoint on the same test split; write detections, overlays and ``metrics.json`` (last, atomically,
-so a metrics file always describes finished weights).
+Phases, each timed: resolve the weights and the prompt embeddings, and choose the recipe from them (fine-tuning
+the pretrained checkpoint, or training a model built from its yaml from scratch: ``pipeline.training.recipes``);
+score the untouched model on the test split (the baseline); train on train with val for model selection
+(``PromptWorldTrainer``); score the best checkpoint on the same test split; write detections, overlays and
+``metrics.json`` (last, atomically, so a metrics file always describes finished weights).
 
 ``resume=True`` continues the ``last.pt`` in ``out`` (or starts afresh when there is none) and reuses the
 baseline already measured. It is refused, naming the keys, when the configuration or the data differ from
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, dump
 from pipeline.console import LOUD
 from pipeline.data.categories import get_category
 from pipeline.device import select_device
@@ -34,6 +35,7 @@ from pipeline.stages.yolo import checkpoint as ck, evaluate, model as world
 from pipeline.stages.yolo.data import DetData, prepare
 from pipeline.stages.yolo.prompts import TextEmbeddings, class_prompts, load_text_embeddings
 from pipeline.stages.yolo.trainer import PromptWorldTrainer, set_prompts
+from pipeline.training import recipes
 from pipeline.training.state import save
 from pipeline.weights import Resolved, resolve
 from pipeline.workspace import Dataset, YoloFiles
@@ -77,14 +79,38 @@ def _score(model: torch.nn.Module, feats: torch.Tensor, det: DetData, cfg: Confi
     return metrics, boxes
 
 
+HISTORY = {"train/box_loss": "box_loss", "train/cls_loss": "cls_loss", "train/dfl_loss": "dfl_loss",
+           "val/box_loss": "val_box_loss", "val/cls_loss": "val_cls_loss", "val/dfl_loss": "val_dfl_loss",
+           "metrics/precision(B)": "val_precision", "metrics/recall(B)": "val_recall",
+           "metrics/mAP50(B)": "val_map50", "metrics/mAP50-95(B)": "val_map50_95", "lr/pg0": "lr"}
+
+
+def history(csv_path: Path) -> list[dict[str, Any]]:
+    """Per-epoch training losses and val metrics from ultralytics' ``results.csv`` (empty when there is none)."""
+    import csv
+
+    if not csv_path.is_file():
+        return []
+    rows = []
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            r = {k.strip(): v.strip() for k, v in raw.items() if k and v is not None}
+            row: dict[str, Any] = {"epoch": int(float(r["epoch"]))}
+            for col, key in HISTORY.items():
+                if r.get(col):
+                    row[key] = round(float(r[col]), 5)
+            rows.append(row)
+    return rows
+
+
 def _own_caveats(embeddings: TextEmbeddings) -> list[str]:
     """What only this stage can say about its numbers (the provenance block adds data and weights)."""
     return [] if embeddings.meaningful else [STAND_IN_TEXT_EMBEDDINGS]
 
 
-def _zero_shot_caveats(weights: Resolved, embeddings: TextEmbeddings) -> list[str]:
+def _zero_shot_caveats(weights: dict[str, Any], embeddings: TextEmbeddings) -> list[str]:
     """Why the untouched model's numbers mean nothing, in the provenance block's words: its weights, its prompts."""
-    return untrained([weights.provenance]) + _own_caveats(embeddings)
+    return untrained([weights]) + _own_caveats(embeddings)
 
 
 def data_identity(dataset: Dataset, weights: Resolved, embeddings: TextEmbeddings) -> dict[str, Any]:
@@ -168,14 +194,22 @@ def run_finetune_yolo(cfg: Config, dataset: Dataset | Path, out: Path, resume: b
                       callbacks: dict[str, list[Callable]] | None = None) -> dict[str, Any]:
     """Run the stage end to end and return what it wrote to ``out/metrics.json``."""
     phases = Phases()
-    y = cfg.yolo
     out, dataset = Path(out), Dataset.of(dataset)
     files = YoloFiles(out)
     device = select_device(cfg.device)
     record = stage_record("yolo", cfg, device, dataset)  # fails first on a missing converted dataset
     prompts = class_prompts(cfg.classes, get_category(cfg.category).defects)
     with phases("setup"):
-        weights = resolve(y.model, cfg.paths.weights, cfg.allow_random_init)
+        found = resolve(cfg.yolo.model, cfg.paths.weights, cfg.allow_random_init)
+        recipe = recipes.choose(cfg.yolo, not found.random_init)
+        recipe.announce(log)
+        cfg = cfg.model_copy(update={"yolo": recipe.section})  # from here on, the settings of the recipe that runs
+        y = cfg.yolo
+        record = {**record, "config": dump(cfg)}
+        weights, weights_record = world.start(found, recipe.random_init, y.scale, recipe.why)
+        if recipe.random_init:
+            log.info(f"yolo: training {weights.spec.arch} (scale {weights_record['scale']}) from a random "
+                     f"initialisation, built from {weights_record['built_from']}")
         embeddings = load_text_embeddings([p for ps in prompts.values() for p in ps], Path(cfg.paths.weights),
                                           y.text_embeddings, cfg.allow_random_init, device)
         train_dir = files.train
@@ -183,14 +217,16 @@ def run_finetune_yolo(cfg: Config, dataset: Dataset | Path, out: Path, resume: b
             log.info(f"nothing to resume in {train_dir}; starting afresh")
             resume = False
         # before anything in out changes: a resume under other settings or data is refused with their names
-        guard_resume("yolo", cfg, out, True, resume, data_identity(dataset, weights, embeddings))
+        # the settings compared are those that train: the recipe's (its scratch block is applied, not compared)
+        guard_resume("yolo", cfg, out, True, resume, data_identity(dataset, weights, embeddings),
+                     extra={"recipe": recipe.name}, ignore=["yolo.scratch", "yolo.recipe"])
         det = prepare(dataset, out, prompts, embeddings)
         feats = embeddings.classes(prompts)
     if not resume:
         shutil.rmtree(train_dir, ignore_errors=True)
     files.metrics.unlink(missing_ok=True)  # a metrics file must never outlive the weights it describes
 
-    caveats = _zero_shot_caveats(weights, embeddings)
+    caveats = _zero_shot_caveats(weights_record, embeddings)
     baseline_file = files.zero_shot
     with phases("zero_shot"):
         if resume and baseline_file.is_file():
@@ -220,15 +256,16 @@ def run_finetune_yolo(cfg: Config, dataset: Dataset | Path, out: Path, resume: b
             overlays = evaluate.write_overlays(tmp, boxes, {p.name: p for p in det.images["test"]}, truth,
                                                det.names, y.conf, y.overlays)
     metrics = {
-        **attest(record, [weights.provenance], _own_caveats(embeddings)),
-        "weights": weights.provenance,
+        **attest(record, [weights_record], _own_caveats(embeddings)),
+        "recipe": recipe.record,
+        "weights": weights_record,
         "text_embeddings": embeddings.provenance,
         "prompts": prompts,
         "zero_shot": zero_shot,
         "finetuned": finetuned,
         "delta_map50": round(finetuned["map50"] - zero_shot["map50"], 5),
         "train": {**training, "images": len(det.images["train"]), "val_images": len(det.images["val"]),
-                  "results_csv": str(files.results_csv)},
+                  "results_csv": str(files.results_csv), "history": history(files.results_csv)},
         "best_weights": {"file": str(best), "sha256": file_digest(best)},
         "overlays": [str(files.overlays / p.name) for p in overlays],
         "timing_s": phases.record(),
