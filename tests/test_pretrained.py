@@ -159,8 +159,8 @@ def _anomaly(cfg, dataset: Path, out: Path) -> dict[str, Any]:
 class Case:
     """One stage: what it needs in weights/, how to run it, and where its metrics record its weights.
 
-    When the fine-tuning recipes land, each case gets the recipe it must choose with pretrained weights (a
-    field here) and ``test_stage_loads_the_published_files`` one assertion on the recipe its metrics record.
+    ``recipe``: what a training stage must choose with its pretrained weights present (the anomaly stage trains
+    nothing, so it has none).
     """
 
     stage: str
@@ -169,13 +169,14 @@ class Case:
     records: Callable[[dict[str, Any]], list[dict[str, Any]]]  # the stage's own weights records
     text_path: bool = False  # the YOLO-World class prompts go through CLIP
     dataset: str = "converted_dataset"  # the fixture holding its converted category
+    recipe: str | None = "finetune"
 
 
 CASES = [
     Case("yolo", ("yolov8s-worldv2", "clip_vit_b32"), _yolo, lambda m: [m["weights"]], text_path=True),
     Case("sam", ("sam_vit_b",), _sam, lambda m: [m["weights"]], dataset="toothbrush_dataset"),
     Case("classify", ("resnet18",), _classify, lambda m: [w for a in m["attempts"] for w in a["weights"]]),
-    Case("anomaly", ("resnet18",), _anomaly, lambda m: [m["weights"]]),
+    Case("anomaly", ("resnet18",), _anomaly, lambda m: [m["weights"]], recipe=None),
 ]
 
 
@@ -190,7 +191,11 @@ def test_stage_loads_the_published_files(case, store, clip_calls, reads, sam_cac
     model_files = [n for n in case.files if n != "clip_vit_b32"]  # CLIP only encodes the prompts
     assert {weights / REGISTRY[n].filename for n in model_files} <= reads  # loaded, not only recorded
     assert_pretrained(metrics, case.records(metrics), model_files, weights)
-    # the fine-tuning recipe chosen for pretrained weights: one assertion here per case, once the recipes exist
+    if case.recipe:  # chosen from the weights' provenance, not forced
+        assert (metrics["recipe"]["name"], metrics["recipe"]["why"]) == (case.recipe, "auto: pretrained weights present")
+        assert all(a["recipe"]["name"] == case.recipe for a in metrics.get("attempts", []))
+    else:
+        assert "recipe" not in metrics
     if case.text_path:
         text = metrics["text_embeddings"]
         assert text["source"] == "clip" and text["meaningful"] is True
