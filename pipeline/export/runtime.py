@@ -94,6 +94,9 @@ class Runner:
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = cores()
+            # idle worker threads sleep instead of spinning: on a machine whose cores other work shares (an
+            # inspection PC, a CI runner), spinning threads take turns with that work and slow every call
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
             self._session = ort.InferenceSession(str(self.path), options, providers=providers(self.device))
             self.inputs = [i.name for i in self._session.get_inputs()]
