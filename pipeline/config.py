@@ -137,6 +137,7 @@ class YoloConfig(Recipes):
     epochs: int = Field(ge=1)
     imgsz: int = Field(ge=32, multiple_of=32)
     batch: int = Field(ge=1)
+    nbs: int = Field(ge=1)
     optimizer: Literal["SGD", "Adam", "AdamW", "auto"]
     lr0: float = Field(gt=0)
     lrf: float = Field(gt=0, le=1)

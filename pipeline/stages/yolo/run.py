@@ -55,7 +55,7 @@ def train_overrides(cfg: Config, det: DetData, weights: Resolved, out: Path, dev
     y = cfg.yolo
     return {
         "model": world.source(weights), "pretrained": not weights.random_init, "data": str(det.data_yaml),
-        "epochs": y.epochs, "imgsz": y.imgsz, "batch": y.batch, "optimizer": y.optimizer, "lr0": y.lr0,
+        "epochs": y.epochs, "imgsz": y.imgsz, "batch": y.batch, "nbs": y.nbs, "optimizer": y.optimizer, "lr0": y.lr0,
         "lrf": y.lrf, "cos_lr": y.cos_lr, "weight_decay": y.weight_decay, "warmup_epochs": y.warmup_epochs,
         "freeze": y.freeze or None, "patience": y.patience, "amp": y.amp, "workers": y.workers,
         "seed": cfg.seed, "deterministic": True, "device": device, "project": str(Path(out).absolute()),
