@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -34,13 +32,9 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 import numpy as np
 import torch
+from _side import Side
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def rss_mib() -> float:
-    """This process's peak resident set so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -50,7 +44,7 @@ def main() -> None:
     p = json.loads((folder / "params.json").read_text())
     torch.set_num_threads(p["threads"])
     device = torch.device(p["device"])
-    cuda = device.type == "cuda"
+    side = Side(folder, name, device)
 
     import anomalib
     import timm
@@ -88,52 +82,30 @@ def main() -> None:
         embedding = model.generate_embedding(pooled).permute(0, 2, 3, 1)
         np.savez(folder / "anomalib_features.npz", embedding=embedding.cpu().numpy(),
                  **{f"feat_{k}": v.cpu().numpy() for k, v in feats.items()})
-    baseline = rss_mib()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    side.baseline()
 
     # fit: the Lightning module's training_step forwards, then subsample_embedding at the end of the epoch;
     # with --bank, the memory bank given instead (the parent's check of the scoring alone, untimed)
     model.train()
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
+    with side.timed("fit"), torch.inference_mode():
         if bank is None:
             for i in range(0, len(train), batch):
                 model(prepare(train[i:i + batch]))
             model.subsample_embedding(p["coreset_ratio"])
         else:
             model.memory_bank = torch.from_numpy(np.load(bank)).to(device)
-    if cuda:
-        torch.cuda.synchronize()
-    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    after_fit = rss_mib()
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(prepare(x))
+        return out.pred_score, out.anomaly_map.squeeze(1)
 
     model.eval()
-    scores, maps = [], []
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        for i in range(0, len(test), batch):
-            out = model(prepare(test[i:i + batch]))
-            scores.append(out.pred_score.float().cpu())
-            maps.append(out.anomaly_map.float().cpu().squeeze(1))
-    if cuda:
-        torch.cuda.synchronize()
-    predict_s, predict_cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    np.save(folder / f"{name}_scores.npy", torch.cat(scores).reshape(-1).numpy())
-    np.save(folder / f"{name}_maps.npy", torch.cat(maps).numpy())
-    result = {
-        "fit_s": fit_s, "predict_s": predict_s, "fit_cpu_s": fit_cpu_s, "predict_cpu_s": predict_cpu_s,
-        "ms_per_image": 1000 * predict_s / len(test),
-        "rss_baseline_mib": baseline, "rss_after_fit_mib": after_fit, "rss_peak_mib": rss_mib(),
-        "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-        "memory_bank": list(model.memory_bank.shape),
-        "state_dict": {"loaded": len(wanted), "unused": len(unused),
-                       "unused_modules": sorted({k.split(".")[0] for k in unused})},  # the head, layers past the last
-        "versions": {"anomalib": anomalib.__version__, "torch": torch.__version__, "timm": timm.__version__,
-                     "python": sys.version.split()[0]},
-    }
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=1))
+    scores, maps = side.score(test, batch, forward)
+    side.write(scores, maps, model.memory_bank,
+               state_dict={"loaded": len(wanted), "unused": len(unused),
+                           "unused_modules": sorted({k.split(".")[0] for k in unused})},  # the head, layers past the last
+               versions={"anomalib": anomalib.__version__, "torch": torch.__version__, "timm": timm.__version__,
+                         "python": sys.version.split()[0]})
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
 import shutil
 import statistics
@@ -69,24 +68,20 @@ ANOMALIB_SIDE = Path(__file__).resolve().with_name("_anomalib_patchcore.py")
 INSTALL = "python3 -m venv .venv-bench && .venv-bench/bin/pip install -r bench/requirements-anomalib.txt"
 
 
-def rss_mib() -> float:
-    """This process's peak resident set so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def pipe_side(folder: Path) -> None:
     """pipe's side, in a process of its own (``--worker FOLDER``): what ``_anomalib_patchcore.py`` does, with
-    ``pipeline.stages.anomaly.model.PatchCore``."""
+    ``pipeline.stages.anomaly.model.PatchCore``, measured by the same ``_side.Side``."""
     sys.path.insert(0, str(REPO))
     import numpy as np
     import torch
+    from _side import Side
 
     from pipeline.stages.anomaly.model import FeatureExtractor, PatchCore
 
     p = json.loads((folder / "params.json").read_text())
     torch.set_num_threads(p["threads"])
     device = torch.device(p["device"])
-    cuda = device.type == "cuda"
+    side = Side(folder, "pipe", device)
     data = np.load(folder / "inputs.npz")
     train, test = torch.from_numpy(data["train"]), torch.from_numpy(data["test"])
     batch = p["batch"]
@@ -95,39 +90,12 @@ def pipe_side(folder: Path) -> None:
                       p["sigma"], p["seed"]).to(device)
     with torch.inference_mode():
         model.embed(train[:batch])  # the warm-up anomalib's side has too
-    baseline = rss_mib()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-    start, cpu = time.perf_counter(), time.process_time()
-    model.fit(train[i:i + batch] for i in range(0, len(train), batch))  # uint8 in: the model converts
-    if cuda:
-        torch.cuda.synchronize()
-    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    after_fit = rss_mib()
-
-    scores, maps = [], []
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        for i in range(0, len(test), batch):
-            s, m = model.score(test[i:i + batch])
-            scores.append(s.float().cpu())
-            maps.append(m.float().cpu())
-    if cuda:
-        torch.cuda.synchronize()
-    predict_s, predict_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    side.baseline()
+    with side.timed("fit"):
+        model.fit(train[i:i + batch] for i in range(0, len(train), batch))  # uint8 in: the model converts
+    scores, maps = side.score(test, batch, model.score)
     np.save(folder / "pipe_bank.npy", model.memory_bank.cpu().numpy())
-    np.save(folder / "pipe_scores.npy", torch.cat(scores).numpy())
-    np.save(folder / "pipe_maps.npy", torch.cat(maps).numpy())
-    result = {
-        "fit_s": fit_s, "predict_s": predict_s, "fit_cpu_s": fit_cpu_s, "predict_cpu_s": predict_cpu_s,
-        "ms_per_image": 1000 * predict_s / len(test),
-        "rss_baseline_mib": baseline, "rss_after_fit_mib": after_fit, "rss_peak_mib": rss_mib(),
-        "cuda_peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-        "memory_bank": list(model.memory_bank.shape),
-    }
-    (folder / "pipe.json").write_text(json.dumps(result, indent=1))
+    side.write(scores, maps, model.memory_bank)
 
 
 def run_side(name: str, cmd: list[str], folder: Path) -> tuple[dict[str, Any] | None, str | None]:
