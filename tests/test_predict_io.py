@@ -18,7 +18,7 @@ from pipeline.data.images import read_image, unsquare
 from pipeline.errors import DataError, PipeError
 from pipeline.predict import sources, writers
 from pipeline.predict.models import AnomalyModel, Trained
-from pipeline.predict.run import CocoGt, PredictOptions, Timer, check_replaceable, predict_batch, run_predict
+from pipeline.predict.run import CocoGt, PredictOptions, check_replaceable, predict_batch, run_predict
 from pipeline.predict.sources import Failure, expand, output_names, read
 from pipeline.workspace import Workspace
 
@@ -464,7 +464,7 @@ def test_anomaly_region_is_the_stages_float64_comparison():
     _, (amap,) = model.score([image])
     stage = unsquare(np.full((8, 8), value, np.float32), 8, 8).astype(np.float64) >= threshold
     assert np.array_equal(model.region(amap), stage) and not stage.any() and (amap >= threshold).all()
-    (record,) = predict_batch(Trained(anomaly=model), [image], PredictOptions(0.1, 0.5), Timer())
+    (record,) = predict_batch(Trained(anomaly=model), [image], PredictOptions(0.1, 0.5))
     assert record["anomaly"]["area"] == 0
     # and each map is the stage's unsquare of the model's square map, at the image's own size
     _, (wide,) = anomaly_model(1.5, 1.0).score([np.zeros((20, 30), np.uint8)])

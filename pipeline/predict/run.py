@@ -18,6 +18,7 @@ then reads them as they are.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -49,19 +50,6 @@ class PredictOptions:
     save_masks: bool = False
     backend: str = "torch"
     save_maps: bool = False
-
-
-@dataclass
-class Timer:
-    """Milliseconds per part, summed over a run (and per image where a part runs image by image)."""
-
-    total: dict[str, float]
-
-    def __init__(self) -> None:
-        self.total = {}
-
-    def add(self, part: str, ms: float) -> None:
-        self.total[part] = self.total.get(part, 0.0) + ms
 
 
 def _ms(start: float) -> float:
@@ -145,8 +133,7 @@ def check_replaceable(folder: Path) -> None:
                         f"be replaced whole; move it out, or choose another --out or --name")
 
 
-def _batches(paths: list[Path], size: int, failures: list[Failure],
-             timer: Timer) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+def _batches(paths: list[Path], size: int, failures: list[Failure]) -> Iterator[list[tuple[int, np.ndarray, float]]]:
     """(index, image, read ms) per readable image, ``size`` at a time; unreadable ones go to ``failures``."""
     batch: list[tuple[int, np.ndarray, float]] = []
     for i, path in enumerate(paths):
@@ -157,9 +144,7 @@ def _batches(paths: list[Path], size: int, failures: list[Failure],
             failures.append(Failure(path, str(exc)))
             log.warning(f"skipped: {exc}")
             continue
-        ms = _ms(start)
-        timer.add("read", ms)
-        batch.append((i, image, ms))
+        batch.append((i, image, _ms(start)))
         if len(batch) == size:
             yield batch
             batch = []
@@ -167,8 +152,7 @@ def _batches(paths: list[Path], size: int, failures: list[Failure],
         yield batch
 
 
-def predict_batch(models: Trained, images: list[np.ndarray], o: PredictOptions,
-                  timer: Timer) -> list[dict[str, Any]]:
+def predict_batch(models: Trained, images: list[np.ndarray], o: PredictOptions) -> list[dict[str, Any]]:
     """Records (without the source) for a batch of decoded images; each part timed per image."""
     n = len(images)
     records: list[dict[str, Any]] = [{"width": im.shape[1], "height": im.shape[0],
@@ -243,25 +227,24 @@ def run_predict(models: Trained, sources: Sequence[str | Path], out: Path, o: Pr
     for f in failures:
         log.warning(f"skipped: {f.path}: {f.reason}")
     names = output_names(paths)
-    timer = Timer()
+    total_ms: dict[str, float] = defaultdict(float)  # per part, summed from the images' own timings
     done: list[tuple[int, dict[str, Any]]] = []
     with atomic_dir(out) as tmp:
         files = PredictFiles(tmp)
         written = [files.predictions.name]
         start_all = time.perf_counter()
         with open(files.predictions, "w", encoding="utf-8") as lines:
-            batches = _batches(paths, o.batch, failures, timer)
+            batches = _batches(paths, o.batch, failures)
             for batch in track(batches, f"predicting {len(paths)} images, {o.batch} at a time",
                                total=-(-len(paths) // o.batch)):
-                records = predict_batch(models, [im for _, im, _ in batch], o, timer)
+                records = predict_batch(models, [im for _, im, _ in batch], o)
                 for (i, image, read_ms), rec in zip(batch, records):
                     amap = rec.pop("_map")
                     t = rec["timing_ms"]
                     t["read"] = read_ms
-                    t["total"] = sum(t.values())
                     for part, ms in t.items():
-                        if part not in ("read", "total"):
-                            timer.add(part, ms)
+                        total_ms[part] += ms
+                    t["total"] = sum(t.values())
                     rec["timing_ms"] = {k: round(v, 3) for k, v in t.items()}
                     rec = {"source": str(paths[i]), **rec}
                     per_image: list[Path] = []
@@ -292,7 +275,7 @@ def run_predict(models: Trained, sources: Sequence[str | Path], out: Path, o: Pr
                    "coco_gt": str(coco_gt.path) if coco_gt is not None else None,
                    "not_in_coco_gt": unmatched,
                    "wall_s": round(wall, 3), "images_per_s": round(n / wall, 3) if wall > 0 and n else None,
-                   "ms_per_image": {k: round(v / max(1, n), 3) for k, v in sorted(timer.total.items())},
+                   "ms_per_image": {k: round(v / max(1, n), 3) for k, v in sorted(total_ms.items())},
                    "files": {"predictions": str(out / files.predictions.name),
                              "coco_results": str(out / files.coco_results.name),
                              "coco_images": str(out / files.coco_images.name) if coco_gt is None else None,
