@@ -194,6 +194,38 @@ def test_attempts_keep_their_identity_from_scratch():
     assert (load_attempt("A", cpu).epochs, load_attempt("A", cpu, scratch=True).epochs) == (4, 12)
 
 
+def test_vit_attempt_from_scratch_is_a_smaller_vit_and_the_table_says_so(tmp_path):
+    import torch
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from pipeline.stages.classify.models import build
+
+    c = load_config("bottle", "cpu").classify
+    tuned, scratch = load_attempt("D", c), load_attempt("D", c, scratch=True)
+    assert tuned.vit is None and tuned.hyperparameters()["backbone"] == "vit_b_16"
+    assert scratch.hyperparameters()["backbone"] == "ViT/8 (6 layers, width 192)"
+    r = choose(tuned, False, key="classify", mode="auto", scratch=scratch)
+    assert r.changes["vit.patch_size"] == [None, 8] and r.changes["vit.num_layers"] == [None, 6]
+    random = {"vit_b_16": Resolved(get_spec("vit_b_16"), None, "random-init", None)}
+    model = build(scratch, 4, random)
+    net = model.members[0].net
+    assert isinstance(net, VisionTransformer) and len(net.encoder.layers) == 6 and net.hidden_dim == 192
+    assert model(torch.zeros(2, 3, scratch.imgsz, scratch.imgsz)).shape == (1, 2, 4)
+    # ImageNet weights exist for ViT-B/16 only: a scale outside a scratch block, on another backbone, or at a size
+    # that is not a multiple of its patch is refused before training, naming the file
+    for text, where in (("backbones: [vit_b_16]\nvit: {patch_size: 8, num_layers: 1, num_heads: 1, hidden_dim: 8, "
+                         "mlp_dim: 8}\n", "vit: a scaled ViT has no ImageNet weights"),
+                        ("backbones: [resnet18]\nscratch: {vit: {patch_size: 8, num_layers: 1, num_heads: 1, "
+                         "hidden_dim: 8, mlp_dim: 8}}\n", "scratch: vit: scales vit_b_16"),
+                        ("backbones: [vit_b_16]\nimgsz: 64\nscratch: {imgsz: 60, vit: {patch_size: 8, num_layers: 1, "
+                         "num_heads: 1, hidden_dim: 8, mlp_dim: 8}}\n", "scratch: imgsz 60: vit_b_16 needs a multiple of its patch size 8")):
+        f = tmp_path / "vit.yaml"
+        f.write_text("name: mine\n" + text)
+        with pytest.raises(ConfigError) as e:
+            load_attempts(load_config("bottle", overrides=[f"classify.attempts=[{f}]", "classify.compare=null"]).classify)
+        assert str(e.value).startswith(f"{f}: ") and where in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 def test_bad_attempt_scratch_blocks_are_one_line_errors(tmp_path):
     for block, where in (("{lr_head: -1}", "scratch.lr_head: "), ("{backbones: [resnet50]}", "scratch.backbones: "),
                          ("{lr_hed: 1}", "scratch.lr_hed: unknown key")):

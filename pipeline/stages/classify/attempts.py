@@ -10,7 +10,7 @@ Each attempt has a fine-tuning variant (its own keys) and a from-scratch one: it
 ``base.yaml``, an attempt file may add its own) merged over it, then the run-wide overrides, taken from the
 ``classify`` section merged with *its* ``scratch`` block. The from-scratch variant keeps the attempt's identity
 (backbones, head, scheduler, loss, augmentation, MixUp, long-tail method); a scratch block may not change
-``backbones`` or ``name``. ``classify.recipe`` picks the variant (``pipeline.training.recipes``).
+``backbones`` or ``name``, but may scale ViT-B/16 down within its family (``vit``), which the attempts table shows. ``classify.recipe`` picks the variant (``pipeline.training.recipes``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,21 @@ class Loss(Section):
     focal_gamma: float = Field(ge=0)
 
 
+class ViTScale(Section):
+    """A smaller Vision Transformer of ViT-B/16's family (torchvision's ``VisionTransformer``): ImageNet weights
+    exist only for ViT-B/16, so only a from-scratch variant may scale it down (86 M parameters do not learn from
+    a few hundred images on two cores)."""
+
+    patch_size: int = Field(ge=2)
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    hidden_dim: int = Field(ge=8)
+    mlp_dim: int = Field(ge=8)
+
+    def label(self) -> str:
+        return f"ViT/{self.patch_size} ({self.num_layers} layers, width {self.hidden_dim})"
+
+
 class Attempt(Section):
     id: str
     name: str
@@ -69,6 +84,7 @@ class Attempt(Section):
     mixup: float = Field(ge=0)
     longtail: LONGTAIL
     effective_beta: float = Field(ge=0, lt=1)
+    vit: ViTScale | None = None  # vit_b_16 at another scale (null: ViT-B/16 as published)
     scratch: dict[str, Any] = Field(default_factory=dict)  # the keys the from-scratch variant changes
     recipe: Literal["finetune", "scratch"] = "finetune"  # which variant this is (set by ``load_attempt``)
 
@@ -82,13 +98,22 @@ class Attempt(Section):
 
     @model_validator(mode="after")
     def _vit_size(self) -> Attempt:
-        if "vit_b_16" in self.backbones and self.imgsz % 16:
-            raise ValueError(f"imgsz {self.imgsz}: vit_b_16 needs a multiple of 16")
+        if self.vit is not None and "vit_b_16" not in self.backbones:
+            raise ValueError("vit: scales vit_b_16, which this attempt does not use")
+        patch = self.vit.patch_size if self.vit else 16
+        if "vit_b_16" in self.backbones and self.imgsz % patch:
+            raise ValueError(f"imgsz {self.imgsz}: vit_b_16 needs a multiple of its patch size {patch}")
+        if self.vit is not None and self.vit.hidden_dim % self.vit.num_heads:
+            raise ValueError(f"vit: hidden_dim {self.vit.hidden_dim} is not divisible by num_heads {self.vit.num_heads}")
         return self
+
+    def backbone_label(self) -> str:
+        """The backbones as the attempts table names them (a scaled ViT by its size)."""
+        return " + ".join(self.vit.label() if b == "vit_b_16" and self.vit else b for b in self.backbones)
 
     def hyperparameters(self) -> dict[str, Any]:
         """What the attempts table and the summary compare, flattened."""
-        return {"recipe": self.recipe, "backbone": " + ".join(self.backbones), "head": self.head.kind,
+        return {"recipe": self.recipe, "backbone": self.backbone_label(), "head": self.head.kind,
                 "epochs": self.epochs,
                 "batch": self.batch, "imgsz": self.imgsz, "lr_backbone": self.lr_backbone, "lr_head": self.lr_head,
                 "optimizer": "AdamW", "weight_decay": self.weight_decay,
@@ -131,6 +156,10 @@ def load_attempt(name: str, c: ClassifyConfig, longtail: str | None = None, scra
     merged = {**merge(recipe, overrides), "id": Path(name).stem, "source": str(path),
               "recipe": "scratch" if scratch else "finetune"}
     attempt = validate(Attempt, merged, layers)
+    if not scratch and attempt.vit is not None:
+        source = next((n for n, layer in reversed(layers) if layer.get("vit") is not None), str(path))
+        raise ConfigError(f"{source}: vit: a scaled ViT has no ImageNet weights to fine-tune; set it in the "
+                          "attempt's scratch block")
     if not scratch:  # the from-scratch variant must validate too, before any training
         for key in IDENTITY:
             if key in attempt.scratch:

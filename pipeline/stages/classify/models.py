@@ -18,8 +18,10 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
 
-from pipeline.stages.classify.attempts import Attempt, Head
+from pipeline.errors import ConfigError
+from pipeline.stages.classify.attempts import Attempt, Head, ViTScale
 from pipeline.weights import Resolved, resolve
 
 
@@ -66,11 +68,17 @@ def _pretrained_state(name: str, weights: Resolved, imgsz: int) -> dict[str, tor
 class Member(nn.Module):
     """One backbone with its new head; knows which of its parameters are head and which stage."""
 
-    def __init__(self, name: str, weights: Resolved, head: Head, classes: int, imgsz: int) -> None:
+    def __init__(self, name: str, weights: Resolved, head: Head, classes: int, imgsz: int,
+                 vit: ViTScale | None = None) -> None:
         super().__init__()
         spec = BACKBONES[name]
-        kwargs: dict[str, Any] = {"image_size": imgsz} if name == "vit_b_16" else {}
-        self.net = torchvision.models.get_model(name, weights=None, **kwargs)
+        if name == "vit_b_16" and vit is not None:  # the same family at another scale: no ImageNet weights exist
+            if weights.path is not None:
+                raise ConfigError(f"vit: a scaled ViT cannot load {weights.path} (ViT-B/16's weights)")
+            self.net: nn.Module = VisionTransformer(imgsz, **vit.model_dump())
+        else:
+            kwargs: dict[str, Any] = {"image_size": imgsz} if name == "vit_b_16" else {}
+            self.net = torchvision.models.get_model(name, weights=None, **kwargs)
         if weights.path is not None:
             self.net.load_state_dict(_pretrained_state(name, weights, imgsz))
         parent, _, attr = spec.head.rpartition(".")
@@ -144,7 +152,7 @@ def resolve_backbones(names: list[str], weights_dir: Path, allow_random_init: bo
 
 
 def build(attempt: Attempt, classes: int, weights: dict[str, Resolved]) -> Classifier:
-    return Classifier([Member(n, weights[n], attempt.head, classes, attempt.imgsz) for n in attempt.backbones])
+    return Classifier([Member(n, weights[n], attempt.head, classes, attempt.imgsz, attempt.vit) for n in attempt.backbones])
 
 
 def provenance(weights: Resolved) -> dict[str, Any]:
