@@ -21,7 +21,7 @@ from pipeline.data.synth import synthesize
 from pipeline.errors import ConfigError
 from pipeline.fetch import file_digest
 from pipeline.io import read_json
-from pipeline.stages.classify.attempts import load_attempt, load_attempts
+from pipeline.stages.classify.attempts import Attempt, load_attempt, load_attempts
 from pipeline.stages.classify.data import (ImageCache, MixUpCollate, load_labelled, shared_split, stratified_folds,
                                            train_collate)
 from pipeline.stages.classify.losses import build_loss, effective_number_weights, log_prior, soft_targets
@@ -67,7 +67,8 @@ def test_each_attempt_trains_and_evaluates_end_to_end(cls_dataset, tmp_path, att
     assert m["caveats"] == m["provenance"]["caveats"] and m["provenance"]["meaningful"] is False  # the shared block's
     # the saved weights are the selected epoch's: reloaded, they give the recorded test predictions
     saved = torch.load(entry["best_weights"]["file"], weights_only=False)
-    a = load_attempt(attempt, cfg.classify)
+    a = Attempt.model_validate(saved["attempt"])  # the variant that ran (from scratch here: D is a smaller ViT)
+    assert a == load_attempt(attempt, cfg.classify, scratch=True)
     model = build(a, 4, resolve_backbones(a.backbones, tmp_path, True))
     model.load_state_dict(saved["state_dict"])
     data = load_labelled(cls_dataset)

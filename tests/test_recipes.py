@@ -70,9 +70,10 @@ def test_set_into_scratch_and_the_latest_layer_wins():
     assert (both.yolo.epochs, with_scratch(both.yolo).epochs) == (7, 5)
     # a profile that sizes both recipes in one layer: its scratch values hold for the from-scratch one
     cpu = load_config("bottle", "cpu")
-    assert (cpu.yolo.epochs, with_scratch(cpu.yolo).epochs, with_scratch(cpu.yolo).augment.close_mosaic) == (10, 40, 10)
+    assert (cpu.yolo.epochs, with_scratch(cpu.yolo).epochs, with_scratch(cpu.yolo).augment.close_mosaic) == (10, 30, 8)
     assert (cpu.sam.model, with_scratch(cpu.sam).model, with_scratch(cpu.sam).loss.focal) == ("vit_b", "vit_tiny", 1.0)
-    assert (cpu.classify.epochs, with_scratch(cpu.classify).epochs) == (4, 12)
+    assert (cpu.classify.epochs, with_scratch(cpu.classify).epochs, with_scratch(cpu.classify).imgsz) == (4, 12, 48)
+    assert (cpu.sam.unfreeze_blocks, with_scratch(cpu.sam).unfreeze_blocks) == (0, 2)
     assert with_scratch(load_config("bottle", "full").sam).model == "vit_tiny"
     tiny = load_config("bottle", "tiny")  # test-sized whatever the recipe
     assert with_scratch(tiny.yolo).epochs == tiny.yolo.epochs == 2 and with_scratch(tiny.sam).model == "vit_tiny"

@@ -41,7 +41,8 @@ def _interrupt(row: dict) -> None:
 
 
 def test_stage_end_to_end_with_cache_and_resume(converted_dataset, tmp_path):
-    cfg = load_config("bottle", "tiny")
+    # a frozen encoder, whose embeddings the cache serves (the from-scratch recipe trains the tiny encoder too)
+    cfg = load_config("bottle", "tiny", overrides=["sam.scratch.unfreeze_blocks=0"])
     out = tmp_path / "runs/bottle/sam"
     with pytest.raises(Interrupt):
         run_finetune_sam(cfg, converted_dataset, out, on_epoch_end=_interrupt)
