@@ -9,12 +9,14 @@ skip stay torch-free on a machine without CUDA.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib.util
 import os
 import platform
 import sys
 from importlib import metadata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,24 @@ def select_device(spec: str = "auto") -> str:
     if index >= torch.cuda.device_count():
         raise PipeError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
     return f"cuda:{index}"
+
+
+@contextlib.contextmanager
+def torch_threads() -> Iterator[int]:
+    """Keep torch's intra-op thread count across a call into ultralytics, and yield it.
+
+    ultralytics' ``select_device`` (its trainer, validator and predictor call it) sets it to
+    ``min(8, cpu_count - 1)`` for the rest of the process: one thread on a 2-core machine, which made every
+    stage after the detector in ``pipe all`` (and the classifier, SAM and PatchCore in ``pipe predict``)
+    run at about half speed. Yielding the count lets the detector's own training use it too.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def device_key(spec: str = "auto") -> str:

@@ -48,7 +48,16 @@ def test_end_to_end_interrupted_then_resumed(converted_dataset, tmp_path, said):
     state.write_bytes(b"damaged")  # the exact state is unusable: resume from last.pt alone, with a warning
     warned = said("pipeline.stages.yolo.trainer")
 
-    m = run_finetune_yolo(cfg, converted_dataset, out, resume=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # a count ultralytics' select_device (cpu_count - 1, at most 8) changes
+    try:
+        epochs_threads: list[int] = []
+        m = run_finetune_yolo(cfg, converted_dataset, out, resume=True, callbacks={
+            "on_train_epoch_start": [lambda trainer: epochs_threads.append(torch.get_num_threads())]})
+        # training used the process's threads, and the rest of the process (pipe all) keeps them
+        assert epochs_threads == [threads + 1] and torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
     assert len(warned) == 1 and str(state) in warned[0] and "differ slightly" in warned[0]
     assert m["train"]["resumed_from_epoch"] == 1
     rows = list(csv.DictReader((out / "train" / "results.csv").open()))

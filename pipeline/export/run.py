@@ -113,12 +113,14 @@ def export_detector(detector: Any, fmt: str, dst: Path, meta: dict[str, Any]) ->
     the call, so nothing is written next to the trained checkpoint."""
     from ultralytics.engine.exporter import Exporter
 
+    from pipeline.device import torch_threads
+
     model = detector.model
     saved = vars(model).get("pt_path"), model.names
     args = {"onnx": {"dynamic": False, "simplify": False, "nms": False}, "torchscript": {"nms": False}}[fmt]
     try:
         model.pt_path, model.names = str(dst.with_suffix(".pt")), dict(enumerate(detector.names))
-        with _quiet():
+        with _quiet(), torch_threads():  # its select_device would leave the other exports one thread
             written = Exporter(overrides=dict(format=fmt, imgsz=detector.imgsz, batch=1, device="cpu",
                                               verbose=False, **args))(model)
     finally:

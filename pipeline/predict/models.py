@@ -131,6 +131,7 @@ class Detector:
         ultralytics (8.4) letterboxes every image to the square ``imgsz`` (minimal rectangular padding only with
         ``rect=True``, which neither the evaluation nor this predictor sets), each image on its own, so a batch
         of mixed shapes gives every image the boxes the evaluation's one-image batches gave it."""
+        from pipeline.device import torch_threads
         from pipeline.stages.yolo.evaluate import boxes_of, detection_predictor
         from pipeline.viz import to_bgr
 
@@ -140,7 +141,8 @@ class Detector:
             self._predictor = detection_predictor(self.imgsz, conf, iou, self.device, self.max_det)
         self._predictor.args.conf, self._predictor.args.iou = conf, iou
         # greyscale as three equal channels, as ultralytics' own imread gives it
-        results = self._predictor(source=[to_bgr(im) for im in images], model=self.model, stream=False)
+        with torch_threads():  # its select_device would leave the classifier, SAM and PatchCore one thread
+            results = self._predictor(source=[to_bgr(im) for im in images], model=self.model, stream=False)
         return [boxes_of(r) for r in results]
 
 
