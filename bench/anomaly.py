@@ -203,8 +203,9 @@ def main() -> None:
         weights = resolve(a.backbone, weights_dir, allow_random_init=True, download=False)
         net = build_backbone(a.backbone, weights.path, cfg.seed)
         torch.save(net.state_dict(), work / "backbone.pt")
-        if args.projection == "anomalib":  # the bank holds one patch per layer2 cell (stride 8) of every image
-            patches = len(train) * (a.imgsz // 8) ** 2
+        extractor = FeatureExtractor(a.backbone, a.layers, work / "backbone.pt", cfg.seed)
+        if args.projection == "anomalib":  # the bank: one patch per cell of the first layer's map, every image
+            patches = len(train) * extractor(train_x[:1])[0].shape[-2:].numel()
             a = a.model_copy(update={"projection_dim": jl_dim(patches, 0.9)})
             projection_note = (f"{a.projection_dim}-d, anomalib's (Johnson-Lindenstrauss bound for {patches:,} "
                                f"patches at eps 0.9; --projection config: the config's {cfg.anomaly.projection_dim})")
@@ -273,7 +274,6 @@ def main() -> None:
         checks: dict[str, Any] = {}
         if (work / "anomalib_features.npz").is_file() and arrays["anomalib"]:
             theirs = np.load(work / "anomalib_features.npz")
-            extractor = FeatureExtractor(a.backbone, a.layers, work / "backbone.pt", cfg.seed)
             batch = train_x[:a.batch]
             ours = extractor(batch)
             checks["feature_max_abs_diff"] = {
@@ -475,7 +475,8 @@ def main() -> None:
     versions = (other["rounds"][0].get("versions") if other else None)
     result = {"bench": "anomaly", "category": args.category, "data": kind, "root": str(root),
               "images": {"train_good": len(train), "test": len(test), "test_defective": int(labels.sum())},
-              "params": {**params, "imgsz": a.imgsz, "projection": args.projection, "projection_note": projection_note}, "weights": weights.provenance, "weights_note": weights_note,
+              "params": {**params, "imgsz": a.imgsz, "projection": args.projection, "projection_note": projection_note},
+              "weights": weights.provenance, "weights_note": weights_note,
               "device": device, "device_name": env["device_name"], "environment": env,
               "anomalib_environment": versions, "anomalib_missing": missing, "repeat": args.repeat,
               "rounds": rounds, "coreset_seeds": seeds,

@@ -15,8 +15,8 @@ import importlib.util
 import os
 import platform
 import sys
-from importlib import metadata
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 

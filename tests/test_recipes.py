@@ -219,11 +219,13 @@ def test_vit_attempt_from_scratch_is_a_smaller_vit_and_the_table_says_so(tmp_pat
                         ("backbones: [resnet18]\nscratch: {vit: {patch_size: 8, num_layers: 1, num_heads: 1, "
                          "hidden_dim: 8, mlp_dim: 8}}\n", "scratch: vit: scales vit_b_16"),
                         ("backbones: [vit_b_16]\nimgsz: 64\nscratch: {imgsz: 60, vit: {patch_size: 8, num_layers: 1, "
-                         "num_heads: 1, hidden_dim: 8, mlp_dim: 8}}\n", "scratch: imgsz 60: vit_b_16 needs a multiple of its patch size 8")):
+                         "num_heads: 1, hidden_dim: 8, mlp_dim: 8}}\n",
+                         "scratch: imgsz 60: vit_b_16 needs a multiple of its patch size 8")):
         f = tmp_path / "vit.yaml"
         f.write_text("name: mine\n" + text)
         with pytest.raises(ConfigError) as e:
-            load_attempts(load_config("bottle", overrides=[f"classify.attempts=[{f}]", "classify.compare=null"]).classify)
+            cfg = load_config("bottle", overrides=[f"classify.attempts=[{f}]", "classify.compare=null"])
+            load_attempts(cfg.classify)
         assert str(e.value).startswith(f"{f}: ") and where in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 

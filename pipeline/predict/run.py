@@ -18,9 +18,9 @@ then reads them as they are.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath

@@ -10,7 +10,8 @@ Each attempt has a fine-tuning variant (its own keys) and a from-scratch one: it
 ``base.yaml``, an attempt file may add its own) merged over it, then the run-wide overrides, taken from the
 ``classify`` section merged with *its* ``scratch`` block. The from-scratch variant keeps the attempt's identity
 (backbones, head, scheduler, loss, augmentation, MixUp, long-tail method); a scratch block may not change
-``backbones`` or ``name``, but may scale ViT-B/16 down within its family (``vit``), which the attempts table shows. ``classify.recipe`` picks the variant (``pipeline.training.recipes``).
+``backbones`` or ``name``, but may scale ViT-B/16 down within its family (``vit``), which the attempts table
+shows. ``classify.recipe`` picks the variant (``pipeline.training.recipes``).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class Attempt(Section):
         if "vit_b_16" in self.backbones and self.imgsz % patch:
             raise ValueError(f"imgsz {self.imgsz}: vit_b_16 needs a multiple of its patch size {patch}")
         if self.vit is not None and self.vit.hidden_dim % self.vit.num_heads:
-            raise ValueError(f"vit: hidden_dim {self.vit.hidden_dim} is not divisible by num_heads {self.vit.num_heads}")
+            raise ValueError(f"vit: hidden_dim {self.vit.hidden_dim} is not divisible by num_heads "
+                             f"{self.vit.num_heads}")
         return self
 
     def backbone_label(self) -> str:

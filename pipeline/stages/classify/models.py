@@ -152,7 +152,8 @@ def resolve_backbones(names: list[str], weights_dir: Path, allow_random_init: bo
 
 
 def build(attempt: Attempt, classes: int, weights: dict[str, Resolved]) -> Classifier:
-    return Classifier([Member(n, weights[n], attempt.head, classes, attempt.imgsz, attempt.vit) for n in attempt.backbones])
+    return Classifier([Member(n, weights[n], attempt.head, classes, attempt.imgsz, attempt.vit)
+                       for n in attempt.backbones])
 
 
 def provenance(weights: Resolved) -> dict[str, Any]:
